@@ -1,0 +1,137 @@
+"""The ``agentgate`` command line (DESIGN.md §3). Argument parsing only.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. Errors go
+to stderr, one per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/gateway.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentgate", description="the master-agent gateway")
+    parser.add_argument("--version", action="version", version=f"agentgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT, then drain")
+    run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    check = sub.add_parser("check-config", help="validate a configuration file")
+    check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+
+    sub.add_parser("config-schema", help="print the JSON Schema of the configuration")
+
+    demo = sub.add_parser("demo", help="a self-contained tour on loopback")
+    demo.add_argument("--dir", type=Path, default=Path(".demo"), help="working folder")
+
+    certs = sub.add_parser("certs", help="development CA and SPIFFE certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="create a dev CA and a server certificate")
+    init.add_argument("--dir", type=Path, default=Path("certs"))
+    init.add_argument("--trust-domain", default="example.org")
+    init.add_argument("--server-name", action="append", default=None)
+    init.add_argument("--agent", action="append", default=[], help="also issue an agent cert")
+    issue = certs_sub.add_parser("issue", help="issue a leaf certificate from the dev CA")
+    issue.add_argument("--dir", type=Path, default=Path("certs"))
+    issue.add_argument("--name", required=True, help="file name stem and common name")
+    issue.add_argument("--spiffe-id", required=True)
+    issue.add_argument("--dns", action="append", default=[])
+    issue.add_argument("--ip", action="append", default=[])
+    issue.add_argument("--days", type=int, default=30)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "config-schema":
+            from gateway.settings import json_schema
+
+            sys.stdout.write(json_schema())
+            return 0
+        if args.command == "run":
+            return _run(args.config, args.log_level)
+        if args.command == "certs":
+            return _certs(args)
+        if args.command == "demo":
+            from gateway.demo import run_demo
+
+            return asyncio.run(run_demo(args.dir))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 1
+    return 2
+
+
+def _check_config(path: Path) -> int:
+    from gateway.settings import load_settings
+
+    settings = load_settings(path)
+    print(f"{path}: ok ({len(settings.routes)} route(s))")
+    return 0
+
+
+def _run(path: Path, level: str) -> int:
+    from gateway.app import run
+    from gateway.settings import load_settings
+
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(path)
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:
+        print(f"agentgate: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from gateway import devpki
+
+    try:
+        if args.certs_command == "init":
+            pki = devpki.init_dev_pki(
+                args.dir,
+                trust_domain=args.trust_domain,
+                server_names=tuple(args.server_name or ("localhost",)),
+                agents=tuple(args.agent),
+            )
+            print(f"CA:     {pki.ca.cert}{' (new)' if pki.created_ca else ' (kept)'}")
+            print(f"server: {pki.server.cert} ({pki.server.spiffe_id})")
+            for name, files in pki.agents.items():
+                print(f"agent {name}: {files.cert} ({files.spiffe_id})")
+            return 0
+        files = devpki.issue_to_files(
+            args.dir,
+            args.dir / "ca.pem",
+            args.dir / "ca.key",
+            name=args.name,
+            spiffe_id=args.spiffe_id,
+            dns_names=tuple(args.dns),
+            ip_addresses=tuple(args.ip),
+            valid_days=args.days,
+        )
+    except (devpki.DevPKIError, OSError) as exc:
+        print(f"agentgate certs: {exc}", file=sys.stderr)
+        return 2
+    print(f"{files.cert} ({files.spiffe_id})")
+    return 0

@@ -1,0 +1,156 @@
+"""The main listener's connection handling, on aiohttp's low-level server.
+
+aiohttp runs one :class:`aiohttp.web_protocol.RequestHandler` per connection;
+ours adds three things the stock one lacks:
+
+* **Peer identity once per connection.** After the TLS handshake the verified
+  client certificate becomes a :class:`gateway.context.Peer`. A certificate
+  whose SPIFFE identity is malformed or ambiguous (several URI SANs) aborts the
+  connection before any request is read (SPECS.md §11.2).
+* **A header-read deadline.** Bytes of a new request head must complete within
+  ``header_read_s``, or the connection gets ``408`` and is closed: a slow
+  client cannot hold a connection open by trickling header bytes.
+* **Parser errors rendered like every other error**: an oversized header
+  block is ``431``, an oversized request line ``414``, anything else the parser
+  refuses ``400``, each as problem+json with an ``X-Request-Id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.context import Peer
+from gateway.render import problem
+from gateway.spiffe import InvalidSpiffeID, peer_from_der
+
+log = logging.getLogger("agentgate.listener")
+
+_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class PeerCache:
+    """A small LRU of parsed peer certificates keyed by their DER bytes."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._items: OrderedDict[bytes, Peer] = OrderedDict()
+
+    def get(self, der: bytes) -> Peer:
+        peer = self._items.get(der)
+        if peer is not None:
+            self._items.move_to_end(der)
+            return peer
+        peer = peer_from_der(der)  # raises InvalidSpiffeID
+        self._items[der] = peer
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return peer
+
+
+class GatewayRequestHandler(RequestHandler):
+    __slots__ = ("_deadline", "_header_read_s", "_in_request", "_peer_cache", "peer")
+
+    def __init__(
+        self, manager: GatewayServer, *, header_read_s: float, peer_cache: PeerCache, **kw: Any
+    ) -> None:
+        super().__init__(manager, **kw)
+        self.peer: Peer | None = None
+        self._header_read_s = header_read_s
+        self._peer_cache = peer_cache
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        super().connection_made(transport)
+        if der:
+            try:
+                self.peer = self._peer_cache.get(der)
+            except InvalidSpiffeID as exc:
+                # SECURITY: SPECS §11.2 — an X509-SVID with several URI SANs or a malformed
+                # SPIFFE ID is refused outright; no request on this connection is served.
+                log.warning("client certificate refused: %s", exc)
+                self.force_close()
+                cast(asyncio.Transport, transport).abort()
+                return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_request and self._deadline is None:
+            self._arm()
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def request_started(self) -> None:
+        self._in_request = True
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self._in_request = False
+
+    def _arm(self) -> None:
+        self._deadline = self._loop.call_later(self._header_read_s, self._header_timeout)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _header_timeout(self) -> None:
+        self._deadline = None
+        if self._in_request or self.transport is None:
+            return
+        self.transport.write(_TIMEOUT_408)
+        self.transport.close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        if isinstance(exc, LineTooLong) and "status line" in str(exc).lower():
+            resp = problem(414, "uri_too_long", "request target too long", request_id)
+        elif isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
+        ):
+            resp = problem(431, "headers_too_large", "request header fields too large", request_id)
+        elif status == 400:
+            resp = problem(400, "bad_request", "malformed HTTP request", request_id)
+        else:
+            log.error("unhandled error (request_id=%s)", request_id, exc_info=exc)
+            resp = problem(500, "internal_error", "internal error", request_id)
+        resp.force_close()
+        return resp
+
+
+class GatewayServer(web.Server):
+    """aiohttp's low-level server, making :class:`GatewayRequestHandler` connections."""
+
+    def __init__(self, handler: Any, *, header_read_s: float, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._header_read_s = header_read_s
+        self._peer_cache = PeerCache()
+
+    def __call__(self) -> GatewayRequestHandler:
+        return GatewayRequestHandler(
+            self,
+            loop=self._loop,
+            header_read_s=self._header_read_s,
+            peer_cache=self._peer_cache,
+            **self._kwargs,
+        )

@@ -1,0 +1,1 @@
+"""Metrics, tracing and audit: cross-cutting observation of the pipeline."""

@@ -1,0 +1,60 @@
+"""The one place where errors become HTTP responses (DESIGN.md §5).
+
+Bodies are small RFC 9457 ``application/problem+json`` documents holding only
+the public text, the stable reason code, the request id and, for policy
+outcomes, the decision id. Nothing private (detail, stack, host names, library
+versions) is ever written here.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from aiohttp import web
+
+from gateway.errors import GatewayError
+
+REQUEST_ID = "X-Request-Id"
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(
+    status: int,
+    reason: str,
+    public: str,
+    request_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+    decision_id: str | None = None,
+) -> web.Response:
+    body: dict[str, object] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": public,
+        "reason": reason,
+        "request_id": request_id,
+    }
+    if decision_id is not None:
+        body["decision_id"] = decision_id
+    out = dict(headers or {})
+    out[REQUEST_ID] = request_id
+    out["Cache-Control"] = "no-store"
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        content_type=PROBLEM_JSON,
+        headers=out,
+    )
+
+
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    return problem(
+        exc.status,
+        exc.reason,
+        exc.public,
+        request_id,
+        headers=dict(exc.headers),
+        decision_id=getattr(exc, "decision_id", None),
+    )

@@ -1,0 +1,1 @@
+"""Everything between the policy decision and the upstream: routes, path and header hygiene."""

@@ -1,0 +1,157 @@
+"""Forwarding to upstreams: one pooled client session, streaming both ways.
+
+Contract:
+
+* ``Forwarder.forward`` sends the request to ``url`` with exactly the headers
+  it is given (the pipeline has already sanitised them and added the
+  gateway's own), streams the request body without buffering it whole, and
+  streams the response back. Bodies above ``max_body_bytes`` are refused with
+  413 whether they are announced by ``Content-Length`` or arrive chunked.
+* Redirects are returned to the caller, never followed.
+* Connection refused/reset -> :class:`BadGateway` (502); connect or total
+  timeout -> :class:`GatewayTimeout` (504). No aiohttp client exception leaves
+  this module.
+* Once the response head has been sent, a failure can no longer become an
+  error response: the connection to the caller is aborted instead, so a
+  truncated body is never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.context import BUFFERED_BODY_KEY
+from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from gateway.upstream.headers import sanitize_response_headers
+
+log = logging.getLogger("agentgate.forward")
+
+_CHUNK = 64 * 1024
+
+
+class _BodyTooLarge(Exception):
+    """Raised inside the body generator; mapped to 413 by ``forward``."""
+
+
+async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    seen = 0
+    async for chunk in content.iter_chunked(_CHUNK):
+        seen += len(chunk)
+        if seen > limit:
+            raise _BodyTooLarge
+        yield chunk
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float,
+        total_timeout_s: float,
+        max_body_bytes: int,
+        ssl_contexts: Mapping[str, ssl.SSLContext],
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=total_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        )
+        self._max_body = max_body_bytes
+        self._ssl = dict(ssl_contexts)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=1000, limit_per_host=256, ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,  # bytes pass through untouched
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        route: str,
+        response_headers: Mapping[str, str],
+    ) -> web.StreamResponse:
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise PayloadTooLarge()
+        buffered = request.get(BUFFERED_BODY_KEY)
+        body: bytes | AsyncIterator[bytes] | None
+        if isinstance(buffered, bytes):
+            body = buffered
+        elif request.body_exists:
+            body = _limited(request.content, self._max_body)
+        else:
+            body = None
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        try:
+            upstream = await self._session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=body,
+                allow_redirects=False,  # SECURITY: redirects go back to the caller
+                timeout=self._timeout,
+                ssl=self._ssl.get(route, True) if url.scheme == "https" else False,
+            )
+        except _BodyTooLarge:
+            raise PayloadTooLarge() from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayTimeout(f"route {route}: upstream timed out") from None
+        except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, _BodyTooLarge) or _caused_by_limit(exc):
+                raise PayloadTooLarge() from None
+            raise BadGateway(f"route {route}: {type(exc).__name__}") from None
+        async with upstream:
+            return await self._relay(request, upstream, response_headers)
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        extra: Mapping[str, str],
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(sanitize_response_headers(upstream.headers))
+        response.headers.update(extra)
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, asyncio.CancelledError) as exc:
+            # The head is on the wire: abort so the caller sees a broken, not a short, body.
+            log.info("response stream aborted: %s", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        return response
+
+
+def _caused_by_limit(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _BodyTooLarge):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
