@@ -1,0 +1,1 @@
+"""Inbound authentication methods (one module per method; config key = module id)."""

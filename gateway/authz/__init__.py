@@ -1,0 +1,1 @@
+"""Policy decisions: the PDP input, decision parsing and the engines."""
