@@ -1,0 +1,87 @@
+# agentgate developer entry points. Every target bootstraps what it needs (idempotent, cached in
+# .venv/ and .tools/), so a fresh clone only needs python3, go and apt (for redis-server).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+BOOTSTRAP := bash scripts/bootstrap.sh
+VENV := .venv
+PY := $(VENV)/bin/python
+# Pinned tools (opa, regal, jaeger, redis-server) come first for every recipe and for pytest.
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+
+PYTEST_ARGS ?=
+CONFIG ?= config/gateway.yaml
+IMAGE ?= agentgate:dev
+
+.PHONY: help install tools jaeger bootstrap test lint lint-python lint-docker lint-rego \
+	demo bench check-config image clean distclean
+
+help: ## list targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install: ## python venv with the package (editable) and dev tools
+	@$(BOOTSTRAP) python
+
+tools: ## OPA, Regal, redis-server, Jaeger (into .tools/)
+	@$(BOOTSTRAP) tools
+
+jaeger: ## only Jaeger v2 (slow first build)
+	@$(BOOTSTRAP) jaeger
+
+bootstrap: ## everything: install + tools
+	@$(BOOTSTRAP) all
+
+# pytest exit 5 means "no tests collected": that is a failure here, like any non-zero exit.
+test: bootstrap ## run the test suite (PYTEST_ARGS=... passes through)
+	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
+	if [[ $$rc -eq 5 ]]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	if [[ $$rc -ne 0 ]]; then exit $$rc; fi
+	@if [[ -d policies ]] && find policies -name '*_test.rego' -print -quit | grep -q .; then \
+		echo "+ opa test policies/"; opa test policies/; fi
+
+lint: lint-python lint-docker lint-rego ## ruff, mypy --strict, hadolint, opa fmt/check, regal
+
+# Each linter runs even if an earlier one failed; the target fails if any did.
+lint-python: install
+	@rc=0; for cmd in "ruff check ." "ruff format --check ." "mypy --strict gateway/"; do \
+		echo "+ $$cmd"; $(VENV)/bin/$$cmd || rc=1; done; exit $$rc
+
+lint-docker: install
+	$(VENV)/bin/hadolint Dockerfile
+
+lint-rego:
+	@if [[ ! -d policies ]] || ! find policies -name '*.rego' -print -quit | grep -q .; then \
+		echo "lint-rego: no .rego files under policies/, skipping"; exit 0; fi; \
+	$(BOOTSTRAP) opa regal; rc=0; \
+	for cmd in "opa fmt --diff --fail policies/" "opa check policies/"; do \
+		echo "+ $$cmd"; $$cmd || rc=1; done; \
+	if command -v regal >/dev/null; then echo "+ regal lint policies/"; regal lint policies/ || rc=1; \
+	else echo "lint-rego: WARNING regal not installed, 'regal lint' skipped" >&2; fi; \
+	exit $$rc
+
+demo: install ## self-contained tour (agentgate demo)
+	$(VENV)/bin/agentgate demo
+
+bench: bootstrap ## benchmarks (bench/run.py, or python -m bench)
+	@if [[ -f bench/run.py ]]; then set -x; $(PY) bench/run.py; \
+	elif [[ -f bench/__main__.py ]]; then set -x; $(PY) -m bench; \
+	else echo "make bench: no bench/run.py or bench/__main__.py yet" >&2; exit 1; fi
+
+check-config: install ## validate CONFIG (default config/gateway.yaml)
+	$(VENV)/bin/agentgate check-config -c $(CONFIG)
+
+image: ## docker build (needs a Docker engine; nothing else depends on it)
+	docker build -t $(IMAGE) .
+
+clean: ## build outputs and caches (keeps .venv/ and .tools/)
+	rm -rf build/ dist/ ./*.egg-info .demo/ bench/out/ .coverage \
+		.pytest_cache/ .mypy_cache/ .ruff_cache/
+	find . -path ./.venv -prune -o -path ./.tools -prune -o -path ./.git -prune -o \
+		-name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+distclean: clean ## also remove .venv/ and .tools/
+	rm -rf $(VENV) .tools/
