@@ -1,0 +1,270 @@
+"""Composition of authentication methods by AND/OR trees (DESIGN.md §4).
+
+A route's ``authn`` is a method name or a tree of ``{any_of: [...]}`` /
+``{all_of: [...]}``. :class:`AuthnService.authenticate` evaluates it:
+
+* every method named anywhere in the tree runs exactly once per request (in
+  tree order), so the policy sees *all* results, not only the winner;
+* a method that finds its credential invalid rejects the request even when
+  another branch would succeed: a request that carries a forged or expired
+  credential is refused outright (fail closed);
+* ``any_of`` holds when one child holds; ``all_of`` when every child does;
+* if the tree does not hold and nothing was invalid, the answer is 401 with
+  the challenges of the methods in the tree (``Bearer realm="agentgate"``
+  always, DPoP/Basic when those methods are in play).
+
+The result is an :class:`gateway.context.Identity`: the primary principal (the
+most specific success: a token's subject beats the certificate that carried
+it), every successful result by method name, the caller type and the mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from gateway.authn.api_key import APIKeyAuthenticator
+from gateway.authn.base import REALM, Method, challenge, invalid_token
+from gateway.authn.basic import BasicAuthenticator
+from gateway.authn.hmac_signature import HMACSignatureAuthenticator
+from gateway.authn.jwt_assertion import JWTAssertionAuthenticator
+from gateway.authn.jwt_bearer import JWTBearerAuthenticator
+from gateway.authn.mtls import MTLSAuthenticator
+from gateway.authn.txn_token import TxnTokenAuthenticator
+from gateway.context import CallerType, Identity, Mode, Principal, RequestFacts
+from gateway.errors import GatewayError, Unauthorized
+from gateway.settings import (
+    APIKeyMethod,
+    BasicMethod,
+    BearerMethod,
+    CallerRules,
+    HMACMethod,
+    JWTAssertionMethod,
+    MTLSMethod,
+    Settings,
+    TxnTokenMethod,
+)
+from gateway.state import ReplayCache
+from gateway.txn import TxnTokenVerifier
+from gateway.upstream.routes import CompiledRoute
+
+# Which success becomes the subject when several methods succeed: the most specific
+# statement about *who* is asking comes first; the transport identity comes last.
+_PRIMARY_ORDER = {
+    "txn_token": 0,
+    "bearer": 1,
+    "jwt_assertion": 2,
+    "hmac": 3,
+    "api_key": 4,
+    "basic": 5,
+    "mtls": 6,
+}
+
+_Outcome = Principal | GatewayError | None
+
+
+def build_methods(
+    settings: Settings, replay: ReplayCache, txn_verifier: TxnTokenVerifier | None = None
+) -> dict[str, Method]:
+    server = settings.server
+    issuers = {iss.name: iss for iss in settings.issuers}
+    audience = f"https://{server.trust_domain}/"
+    methods: dict[str, Method] = {}
+    for name, cfg in settings.authn.items():
+        method: Method
+        if isinstance(cfg, MTLSMethod):
+            method = MTLSAuthenticator(name, cfg, trust_domain=server.trust_domain)
+        elif isinstance(cfg, BearerMethod):
+            chosen = [issuers[i] for i in cfg.issuers]
+            method = JWTBearerAuthenticator(
+                name, cfg, chosen, replay, trust_domain=server.trust_domain
+            )
+        elif isinstance(cfg, APIKeyMethod):
+            method = APIKeyAuthenticator(name, cfg)
+        elif isinstance(cfg, BasicMethod):
+            method = BasicAuthenticator(name, cfg)
+        elif isinstance(cfg, HMACMethod):
+            method = HMACSignatureAuthenticator(
+                name, cfg, replay, max_body_bytes=server.limits.max_body_bytes
+            )
+        elif isinstance(cfg, JWTAssertionMethod):
+            method = JWTAssertionAuthenticator(name, cfg, replay, gateway_audience=audience)
+        elif isinstance(cfg, TxnTokenMethod):
+            if txn_verifier is None or settings.txn_tokens is None:
+                raise ValueError(f"authn.{name}: the txn_token method needs txn_tokens")
+            method = TxnTokenAuthenticator(
+                name, cfg, txn_verifier, header=settings.txn_tokens.header
+            )
+        else:  # pragma: no cover - settings only admits the types above
+            raise TypeError(f"unsupported authn method type {type(cfg).__name__}")
+        methods[name] = method
+    return methods
+
+
+class AuthnService:
+    def __init__(
+        self,
+        settings: Settings,
+        replay: ReplayCache,
+        txn_verifier: TxnTokenVerifier | None = None,
+    ) -> None:
+        self._types = {name: cfg.type for name, cfg in settings.authn.items()}
+        self.methods = build_methods(settings, replay, txn_verifier)
+        self.txn_methods = frozenset(n for n, t in self._types.items() if t == "txn_token")
+        self._rules = settings.callers
+        self._challenges: dict[int, str] = {}
+
+    async def start(self) -> None:
+        for method in self.methods.values():
+            await method.start()
+
+    def ready(self) -> bool:
+        """False while a method cannot verify (e.g. a JWKS never fetched)."""
+        return all(getattr(m, "ready", lambda: True)() for m in self.methods.values())
+
+    async def validate_access_token(self, token: str) -> Identity:
+        """An inbound access token presented to the Token Service as ``subject_token``."""
+        for name, kind in self._types.items():
+            method = self.methods[name]
+            if kind == "bearer" and isinstance(method, JWTBearerAuthenticator):
+                principal = await method.verify_access_token(token)
+                caller: CallerType = "agent" if principal.actors else "human_api"
+                if principal.subject_type in ("agent", "service", "device"):
+                    caller = "device" if principal.subject_type == "device" else "agent"
+                return Identity(principal, {name: principal}, caller, mode_of(principal))
+        raise invalid_token("no bearer method configured")
+
+    def scoped(self, identity: Identity) -> bool:
+        """True when the primary credential carries OAuth scopes (a token's ``scope``)."""
+        return self._types.get(identity.principal.method) in ("bearer", "txn_token")
+
+    def credential_headers(self) -> frozenset[str]:
+        """Request headers that carry a credential of a configured method (never forwarded)."""
+        names: set[str] = set()
+        for method in self.methods.values():
+            names.update(h.lower() for h in getattr(method, "credential_headers", tuple)())
+        return frozenset(names)
+
+    def credential_query_params(self) -> frozenset[str]:
+        """Query parameters that carry a credential (removed before forwarding)."""
+        names: set[str] = set()
+        for method in self.methods.values():
+            names.update(getattr(method, "credential_query_params", tuple)())
+        return frozenset(names)
+
+    async def close(self) -> None:
+        for method in self.methods.values():
+            await method.close()
+
+    async def authenticate(
+        self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
+    ) -> Identity:
+        tree = route.settings.authn
+        assert tree is not None  # the pipeline only calls us for routes with authn
+        outcomes: dict[str, _Outcome] = {}
+        for name in _names_in_order(tree):
+            try:
+                outcomes[name] = await self.methods[name].authenticate(request, facts)
+            except GatewayError as exc:
+                outcomes[name] = exc
+        for outcome in outcomes.values():
+            if isinstance(outcome, GatewayError):
+                # SECURITY: one bad credential spoils the request, whatever else succeeded.
+                raise outcome
+        if not _holds(tree, outcomes):
+            raise Unauthorized(
+                "no acceptable credential",
+                reason="authn_missing",
+                public="authentication required",
+                headers={"WWW-Authenticate": self._challenge(tree)},
+            )
+        results = {n: o for n, o in outcomes.items() if isinstance(o, Principal)}
+        return self._identity(results, request, facts)
+
+    def _challenge(self, tree: Any) -> str:
+        key = id(tree)
+        cached = self._challenges.get(key)
+        if cached is None:
+            offered = [challenge("Bearer", realm=REALM)]
+            for name in _names_in_order(tree):
+                extra = self.methods[name].challenge()
+                if extra and extra not in offered:
+                    offered.append(extra)
+            cached = self._challenges[key] = ", ".join(offered)
+        return cached
+
+    def _identity(
+        self, results: Mapping[str, Principal], request: web.BaseRequest, facts: RequestFacts
+    ) -> Identity:
+        primary = min(results.values(), key=lambda p: _PRIMARY_ORDER.get(self._types[p.method], 9))
+        return Identity(
+            principal=primary,
+            results=dict(results),
+            caller=classify_caller(primary, facts, request, self._rules),
+            mode=mode_of(primary),
+        )
+
+
+def _names_in_order(tree: Any) -> list[str]:
+    if isinstance(tree, str):
+        return [tree]
+    names: list[str] = []
+    for children in tree.values():
+        for child in children:
+            for name in _names_in_order(child):
+                if name not in names:
+                    names.append(name)
+    return names
+
+
+def _holds(tree: Any, outcomes: Mapping[str, _Outcome]) -> bool:
+    if isinstance(tree, str):
+        return isinstance(outcomes.get(tree), Principal)
+    ((op, children),) = tree.items()
+    checks = (_holds(child, outcomes) for child in children)
+    return any(checks) if op == "any_of" else all(checks)
+
+
+def mode_of(principal: Principal) -> Mode:
+    """``self`` without delegation; otherwise on behalf of the (user or agent) subject."""
+    if not principal.actors:
+        return "self"
+    return "obo_user" if principal.subject_type == "user" else "obo_agent"
+
+
+def _spiffe_path(facts: RequestFacts) -> str:
+    peer = facts.peer
+    if peer is None or peer.spiffe_id is None:
+        return ""
+    return "/" + peer.spiffe_id.split("/", 3)[-1]
+
+
+def _starts(path: str, prefixes: Sequence[str]) -> bool:
+    return any(path.startswith(p) for p in prefixes)
+
+
+def classify_caller(
+    principal: Principal, facts: RequestFacts, request: web.BaseRequest, rules: CallerRules
+) -> CallerType:
+    """The caller type, from verified facts first and browser hints last.
+
+    Order: a device certificate or device subject -> ``device``; an agent subject,
+    a registered agent client, a delegation chain (an agent is the one calling), or
+    an agent SPIFFE certificate -> ``agent``; a user with browser fetch metadata ->
+    ``human_browser``; any other user -> ``human_api``; services count as agents.
+    """
+    path = _spiffe_path(facts)
+    if principal.subject_type == "device" or (path and _starts(path, rules.device_spiffe_paths)):
+        return "device"
+    if (
+        principal.subject_type in ("agent", "service")
+        or (principal.client_id is not None and principal.client_id in rules.agent_client_ids)
+        or principal.actors
+        or (path and _starts(path, rules.agent_spiffe_paths))
+    ):
+        return "agent"
+    if rules.browser_hints and "Sec-Fetch-Mode" in request.headers:
+        return "human_browser"
+    return "human_api"

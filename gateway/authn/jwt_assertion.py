@@ -1,0 +1,266 @@
+"""``jwt_assertion``: agent-signed JWT assertions in the style of RFC 7523 §3, checked per
+RFC 8725 (SPECS.md §3.3, §9).
+
+Transport. The assertion travels in its own request header, ``Agent-Assertion: <jwt>``, so it
+never competes with an access token in ``Authorization: Bearer`` (no guessing from ``typ`` or
+``iss`` which validator a bearer string belongs to), and the two can be required together
+(``all_of``). Header absent: ``None`` (not mine). Sent twice or empty: 400 ``invalid_request``.
+
+Checks (any failure: 401 ``invalid_token`` with a ``Bearer`` challenge; a usable replay store is
+required, else 503):
+
+* at most 8 KiB; three strict base64url segments; header and payload UTF-8 JSON objects without
+  duplicate member names (RFC 8725 §2.6, §3.7);
+* ``alg`` in the configured list, exact case; ``none`` and every ``HS*`` refused in any casing
+  (RFC 8725 §2.1, §3.1-3.2); ``crit`` refused; ``jku``/``x5u``/``x5c``/``jwk`` never used
+  (RFC 8725 §3.10); ``typ``, if present, ``JWT`` -- any other explicit type belongs to another
+  validator (RFC 8725 §3.11-3.12);
+* ``iss`` is a registered agent id and ``sub == iss`` (RFC 7523 §3 items 1-2: the agent speaks
+  for itself); ``kid`` selects among *that agent's* keys (optional when it has exactly one) and
+  the key is used only for the ``alg`` its JWK names;
+* signature valid; ``aud`` (string or array) contains the gateway audience (RFC 7523 §3 item 3);
+  ``exp`` required and not passed (item 4); ``iat`` required, not in the future, and
+  ``exp - iat <= max_lifetime_s``; ``nbf`` honoured (item 5); clock leeway ``leeway_s``;
+* ``jti`` required and single-use: ``ReplayCache.first_use("assert:<iss>:<jti>")`` until
+  ``exp + leeway`` (item 7).
+
+Principal: ``subject`` = the agent's ``subject`` (default its id), ``subject_type`` from the
+agents file (default ``agent``), ``issuer`` = ``client_id`` = the agent id, ``amr = ("swk",)``
+(RFC 8176 §2: proof of possession of a software-secured key; the gateway cannot know whether
+the key is hardware-backed). Only the registered claims (``iss sub aud iat nbf exp jti``) reach
+``claims``: other members are the agent's own say-so and must not drive policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from aiohttp import web
+
+from gateway.authn.base import invalid_request, invalid_token
+from gateway.authn.credfiles import AgentKey, AgentRecord, load_agents
+from gateway.context import Principal, RequestFacts
+from gateway.errors import GatewayError, ServiceUnavailable, Unauthorized
+from gateway.settings import JWTAssertionMethod
+from gateway.state import ReplayCache
+
+AMR = ("swk",)  # RFC 8176 §2
+HEADER = "Agent-Assertion"
+MAX_TOKEN_BYTES = 8192
+MAX_JTI_CHARS = 256
+REGISTERED_CLAIMS = ("iss", "sub", "aud", "iat", "nbf", "exp", "jti")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class JWTAssertionAuthenticator:
+    def __init__(
+        self,
+        name: str,
+        cfg: JWTAssertionMethod,
+        replay: ReplayCache,
+        *,
+        gateway_audience: str,
+    ) -> None:
+        self.name = name
+        self._replay = replay
+        self._audience = cfg.audience or gateway_audience
+        self._algorithms = frozenset(cfg.algorithms)
+        self._max_lifetime = cfg.max_lifetime_s
+        self._leeway = cfg.leeway_s
+        self._agents: dict[str, AgentRecord] = {a.id: a for a in load_agents(cfg.agents_file)}
+
+    def __repr__(self) -> str:
+        return f"JWTAssertionAuthenticator({self.name!r}, agents={len(self._agents)})"
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def challenge(self) -> str | None:
+        return None
+
+    def credential_headers(self) -> tuple[str, ...]:
+        return (HEADER,)
+
+    def credential_query_params(self) -> tuple[str, ...]:
+        return ()
+
+    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+        token = self._token(request)
+        if token is None:
+            return None
+        now = facts.time_ns / 1e9
+        agent, claims = self._verify(token)
+        self._check_claims(claims, now)
+        jti, exp = str(claims["jti"]), float(claims["exp"])
+        await self._first_use(f"assert:{agent.id}:{jti}", exp + self._leeway - now)
+        return Principal(
+            method=self.name,
+            subject=agent.subject,
+            subject_type=agent.type,
+            issuer=agent.id,
+            client_id=agent.id,
+            roles=agent.roles,
+            amr=AMR,
+            claims=MappingProxyType({k: claims[k] for k in REGISTERED_CLAIMS if k in claims}),
+            expires_at=exp,
+            token_id=jti,
+        )
+
+    # ------------------------------------------------------------------ steps
+
+    def _token(self, request: web.BaseRequest) -> str | None:
+        values = request.headers.getall(HEADER, ())
+        if not values:
+            return None
+        if len(values) > 1:
+            raise invalid_request("agent assertion sent more than once")
+        token = values[0].strip()
+        if not token:
+            raise invalid_request("empty agent assertion")
+        return token
+
+    def _verify(self, token: str) -> tuple[AgentRecord, dict[str, Any]]:
+        if len(token) > MAX_TOKEN_BYTES:
+            raise _bad("assertion too large")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise _bad("assertion is not a compact JWS")
+        header = _json_segment(parts[0])
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise _bad("assertion header has no alg")
+        # SECURITY: RFC 8725 §2.1 -- no unsigned tokens and no HMAC/public-key confusion,
+        # whatever the casing; then the exact allowlist.
+        if alg.lower() == "none" or alg.upper().startswith("HS") or alg not in self._algorithms:
+            raise _bad("assertion algorithm not allowed", detail=f"alg {alg[:16]!r}")
+        if "crit" in header:
+            raise _bad("assertion has critical header parameters")  # SECURITY: RFC 7515 §4.1.11
+        typ = header.get("typ")
+        if typ is not None and (
+            not isinstance(typ, str) or typ.lower().removeprefix("application/") != "jwt"
+        ):
+            raise _bad("assertion has the wrong typ")  # SECURITY: RFC 8725 §3.11
+        claims = _json_segment(parts[1])
+        iss = claims.get("iss")
+        agent = self._agents.get(iss) if isinstance(iss, str) else None
+        if agent is None:
+            raise _bad("assertion issuer is not a registered agent")
+        if claims.get("sub") != iss:
+            raise _bad("assertion sub must equal iss")
+        key = _select_key(agent, header.get("kid"), alg)
+        signature = _b64url(parts[2])
+        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+        try:
+            valid = key.jwk.Algorithm.verify(signing_input, key.key, signature)
+        except (ValueError, TypeError):
+            valid = False
+        if not valid:
+            raise _bad("assertion signature invalid", detail=f"agent {agent.id!r}")
+        return agent, claims
+
+    def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        # SECURITY: RFC 8725 §3.9 / RFC 7523 §3 item 3 -- only assertions meant for us.
+        if self._audience not in [a for a in audiences if isinstance(a, str)]:
+            raise _bad("assertion audience mismatch")
+        exp, iat, nbf = _number(claims, "exp"), _number(claims, "iat"), claims.get("nbf")
+        if exp is None or iat is None:
+            raise _bad("assertion needs numeric exp and iat")
+        if now >= exp + self._leeway:
+            raise _bad("assertion expired")
+        if iat > now + self._leeway:
+            raise _bad("assertion issued in the future")
+        if exp - iat > self._max_lifetime:
+            raise _bad("assertion lifetime too long")
+        if nbf is not None:
+            nbf_value = _number(claims, "nbf")
+            if nbf_value is None or now + self._leeway < nbf_value:
+                raise _bad("assertion not yet valid")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti or len(jti) > MAX_JTI_CHARS:
+            raise _bad("assertion needs a jti")
+
+    async def _first_use(self, key: str, ttl_s: float) -> None:
+        try:
+            first = await self._replay.first_use(key, max(ttl_s, 1.0))
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise ServiceUnavailable(
+                f"replay store error: {type(exc).__name__}", reason="state_unavailable"
+            ) from None
+        if not first:
+            # SECURITY: RFC 7523 §3 item 7 -- a jti is accepted once.
+            raise _bad("assertion replayed")
+
+
+def _select_key(agent: AgentRecord, kid: Any, alg: str) -> AgentKey:
+    if kid is None and len(agent.keys) == 1:
+        key = agent.keys[0]
+    else:
+        # SECURITY: kid is an opaque lookup key within this agent's own keys (RFC 8725 §2.9).
+        found = [k for k in agent.keys if isinstance(kid, str) and k.kid == kid]
+        if not found:
+            raise _bad("assertion key not found")
+        key = found[0]
+    if key.alg != alg:
+        # SECURITY: RFC 8725 §3.1 -- a key is used only for the algorithm its JWK names.
+        raise _bad("assertion algorithm does not match the key")
+    return key
+
+
+def _bad(description: str, *, detail: str = "") -> Unauthorized:
+    return invalid_token(description, detail=f"jwt_assertion: {detail or description}")
+
+
+def _b64url(segment: str) -> bytes:
+    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        raise _bad("assertion is not valid base64url")
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise _bad("assertion is not valid base64url") from None
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    try:
+        value = json.loads(
+            _b64url(segment).decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise _bad("assertion is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise _bad("assertion segment is not a JSON object")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError("duplicate member")  # SECURITY: RFC 8725 §2.6
+        out[key] = value
+    return out
+
+
+def _no_constant(_: str) -> Any:
+    raise ValueError("NaN/Infinity are not JSON")
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
