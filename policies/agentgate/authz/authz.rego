@@ -1,0 +1,105 @@
+# METADATA
+# title: agentgate authorization decision
+# description: |
+#   The one document the gateway queries (DESIGN.md §7): data.agentgate.authz.decision.
+#   Any deny reason from abac, behavior, rebac or segments wins (the lexically first is
+#   reported); otherwise RBAC decides. An allow carries the scopes the RBAC grant confers,
+#   narrowed by the delegation chain; the gateway intersects them with the subject's own
+#   scopes.
+#   obligations.no_cache marks decisions that depend on the clock.
+package agentgate.authz
+
+import data.agentgate.abac
+import data.agentgate.behavior
+import data.agentgate.rbac
+import data.agentgate.rebac
+import data.agentgate.segments
+
+# METADATA
+# entrypoint: true
+default decision := {"allow": false, "reason": "rbac:no_permission", "status": 403}
+
+decision := denied(min(deny_reasons)) if {
+	count(deny_reasons) > 0
+} else := exchange_allowed if {
+	exchange
+} else := {"allow": true, "reason": "public", "scopes": [], "obligations": obligations} if {
+	public_route
+	not authenticated
+} else := allowed if {
+	rbac.allow
+} else := insufficient_scope if {
+	rbac.insufficient_scope
+}
+
+public_route if "public" in input.route.tags
+
+# POST /token (the Transaction Token Service): the gateway has already checked that the
+# requester is an allowlisted workload and that the scope only narrows; the policy decides
+# whether this workload may obtain a token for this subject at all.
+exchange if input.action == "token.exchange"
+
+exchange_client_allowed if {
+	some prefix in data.token_exchange.clients
+	startswith(input.exchange.client, prefix)
+}
+
+exchange_allowed := {
+	"allow": true,
+	"reason": "token_exchange",
+	"scopes": input.exchange.requested_scopes,
+} if {
+	exchange_client_allowed
+	authenticated
+}
+
+deny_reasons contains "exchange:client_not_allowed" if {
+	exchange
+	not exchange_client_allowed
+}
+
+authenticated if input.subject.id
+
+deny_reasons contains reason if some reason in abac.deny
+
+deny_reasons contains reason if some reason in behavior.deny
+
+deny_reasons contains reason if some reason in rebac.deny
+
+deny_reasons contains reason if some reason in segments.deny
+
+# The delegation chain allows none of the scopes the RBAC grant confers.
+deny_reasons contains "rebac:scope_not_delegated" if {
+	rebac.limits_scopes
+	count(rbac.scopes) > 0
+	count(rbac.scopes & rebac.scope_limit) == 0
+}
+
+deny_reasons contains "authn:unauthenticated" if {
+	not authenticated
+	not public_route
+}
+
+default obligations := {}
+
+obligations := {"no_cache": true} if abac.time_dependent
+
+denied(reason) := {"allow": false, "reason": reason, "status": 403, "obligations": obligations}
+
+allowed := {
+	"allow": true,
+	"reason": rbac.reason,
+	"scopes": sort(granted_scopes),
+	"obligations": obligations,
+}
+
+granted_scopes := rbac.scopes & rebac.scope_limit if {
+	rebac.limits_scopes
+} else := rbac.scopes
+
+insufficient_scope := {
+	"allow": false,
+	"reason": "rbac:insufficient_scope",
+	"status": 403,
+	"obligations": object.union(obligations, {"required_scopes": sort(rbac.required_scopes)}),
+}

@@ -1,0 +1,180 @@
+package agentgate.authz_test
+
+import data.agentgate.authz
+
+# End-to-end cases against policies/data.json (the demo data), one per module outcome.
+
+# 2026-01-01T10:00:00Z and 23:00:00Z
+ten_am := 1767261600000000000
+
+eleven_pm := 1767308400000000000
+
+travel_agent := {
+	"request": {"method": "GET", "path": "/flights/42", "time_ns": ten_am},
+	"source": {"segment": "agent"},
+	"route": {"name": "flights", "segment": "booking", "tags": []},
+	"subject": {"id": "spiffe://example.org/agent/travel", "type": "agent", "scopes": [], "roles": []},
+	"actors": [],
+	"mode": "self",
+	"caller": "agent",
+	"authn": {"methods": ["mtls"], "sender_constrained": "mtls"},
+	"attestation": {"status": "affirming", "tv": {"executables": 2}},
+}
+
+alice_via_agents := object.union(travel_agent, {
+	"subject": {"id": "alice", "type": "user", "scopes": ["flights.read", "flights.book"]},
+	"actors": [{"sub": "spiffe://example.org/agent/pricing"}, {"sub": "spiffe://example.org/agent/travel"}],
+	"mode": "obo_user",
+	"authn": {"methods": ["mtls", "bearer"]},
+})
+
+partner := object.union(travel_agent, {
+	"request": {"path": "/flights/"},
+	"source": {"segment": "external"},
+	"subject": {"id": "partner-agent-1", "roles": ["partner"]},
+	"authn": {"methods": ["api_key"], "sender_constrained": "none"},
+})
+
+test_mtls_agent_allowed if {
+	authz.decision == {
+		"allow": true,
+		"reason": "rbac:travel-agent",
+		"scopes": ["flights.read"],
+		"obligations": {},
+	} with input as travel_agent
+}
+
+test_user_via_two_agents_gets_the_chain_scopes if {
+	d := authz.decision with input as alice_via_agents
+	d.allow == true
+	d.reason == "rbac:traveller"
+	d.scopes == ["flights.read"]
+}
+
+test_partner_allowed_read_only if {
+	d := authz.decision with input as partner
+	d.reason == "rbac:partner"
+	d.scopes == ["flights.read"]
+	denied := authz.decision with input as object.union(partner, {"request": {"method": "POST"}})
+	denied == {"allow": false, "reason": "rbac:no_permission", "status": 403}
+}
+
+test_booking_not_delegated_to_the_chain if {
+	doc := object.union(alice_via_agents, {"request": {"method": "POST", "path": "/flights/42/bookings"}})
+	d := authz.decision with input as doc
+	d.allow == false
+	d.reason == "rebac:scope_not_delegated"
+}
+
+test_insufficient_scope if {
+	doc := object.union(alice_via_agents, {
+		"request": {"method": "POST", "path": "/flights/42/bookings"},
+		"subject": {"scopes": ["flights.read"]},
+		"actors": [{"sub": "spiffe://example.org/agent/travel"}],
+	})
+	authz.decision == {
+		"allow": false,
+		"reason": "rbac:insufficient_scope",
+		"status": 403,
+		"obligations": {"required_scopes": ["flights.book"]},
+	} with input as doc
+}
+
+test_lateral_movement if {
+	# an external caller may reach "booking" but not "finance", whatever its roles
+	doc := object.union(partner, {"route": {"name": "reports", "segment": "finance"}})
+	authz.decision == {
+		"allow": false,
+		"reason": "segments:lateral_movement",
+		"status": 403,
+		"obligations": {},
+	} with input as doc
+}
+
+test_billing_requires_sender_constraint_and_attestation if {
+	doc := object.union(travel_agent, {
+		"request": {"path": "/billing/invoices", "method": "POST"},
+		"route": {"name": "billing-legacy", "segment": "finance"},
+		"subject": {"id": "spiffe://example.org/agent/billing"},
+	})
+	allowed := authz.decision with input as doc
+	allowed.reason == "rbac:billing-agent"
+	unbound := authz.decision with input as object.union(doc, {"authn": {"sender_constrained": "none"}})
+	unbound.reason == "abac:sender_constraint"
+	unattested := authz.decision with input as object.union(doc, {"attestation": {"status": "warning"}})
+	unattested.reason == "abac:attestation"
+}
+
+test_internal_time_window_is_not_cached if {
+	doc := object.union(travel_agent, {
+		"request": {"path": "/internal/flags", "method": "PUT"},
+		"source": {"segment": "service"},
+		"route": {"name": "internal", "segment": "internal"},
+		"subject": {"id": "spiffe://example.org/service/scheduler", "type": "service"},
+	})
+	day := authz.decision with input as doc
+	day == {"allow": true, "reason": "rbac:operator", "scopes": ["internal.admin"], "obligations": {"no_cache": true}}
+	night := authz.decision with input as object.union(doc, {"request": {"time_ns": eleven_pm}})
+	night == {"allow": false, "reason": "abac:time_window", "status": 403, "obligations": {"no_cache": true}}
+}
+
+test_unauthenticated_denied if {
+	doc := object.union(travel_agent, {"subject": null, "caller": null, "mode": null})
+	d := authz.decision with input as doc
+	d.allow == false
+	d.reason == "abac:caller_type"
+}
+
+test_unauthenticated_public_route_allowed if {
+	doc := object.union(travel_agent, {
+		"subject": null,
+		"route": {"name": "status", "segment": "public", "tags": ["public"]},
+		"mode": null,
+	})
+	authz.decision == {"allow": true, "reason": "public", "scopes": [], "obligations": {}} with input as doc
+}
+
+test_unauthenticated_non_public_route if {
+	doc := object.union(travel_agent, {"subject": null, "route": {"name": "status", "segment": "booking"}, "mode": null})
+	d := authz.decision with input as doc
+	d.reason == "authn:unauthenticated"
+}
+
+test_behavior_anomaly_denies if {
+	doc := object.union(travel_agent, {"behavior": {"requests": 10000}})
+	d := authz.decision with input as doc
+	d.reason == "behavior:request_flood"
+}
+
+test_no_role_is_no_permission if {
+	doc := object.union(travel_agent, {"subject": {"id": "spiffe://example.org/agent/unknown"}})
+	authz.decision == {"allow": false, "reason": "rbac:no_permission", "status": 403} with input as doc
+}
+
+exchange_input(client) := {
+	"action": "token.exchange",
+	"request": {"method": "POST", "path": "/token", "headers": {}, "query": {}},
+	"source": {"segment": "service", "peer": {"spiffe_id": client}},
+	"route": {"name": "token-service", "segment": "service", "tags": ["token-service"]},
+	"subject": {"id": "alice", "type": "user", "scopes": ["flights.read", "flights.book"]},
+	"actors": [],
+	"authn": {"methods": ["txn_token"]},
+	"exchange": {
+		"kind": "replacement",
+		"client": client,
+		"requested_scopes": ["flights.read"],
+		"current_scopes": ["flights.book", "flights.read"],
+	},
+}
+
+test_token_exchange_allowed_for_domain_workload if {
+	d := authz.decision with input as exchange_input("spiffe://example.org/service/booking")
+	d.allow == true
+	d.scopes == ["flights.read"]
+}
+
+test_token_exchange_denied_for_foreign_workload if {
+	d := authz.decision with input as exchange_input("spiffe://evil.org/service/x")
+	d.allow == false
+	d.reason == "exchange:client_not_allowed"
+}

@@ -1,0 +1,72 @@
+package agentgate.behavior_test
+
+import data.agentgate.behavior
+
+window(overrides) := object.union(
+	{
+		"window_s": 60,
+		"requests": 0,
+		"errors": 0,
+		"denies": 0,
+		"distinct_routes": 0,
+		"deny_rate": 0,
+		"error_rate": 0,
+	},
+	overrides,
+)
+
+test_quiet_agent_is_not_denied if {
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 12, "distinct_routes": 2})
+	not behavior.anomalous with input.behavior as window({"requests": 12})
+}
+
+test_missing_behavior_is_never_denied if {
+	count(behavior.deny) == 0 with input as {"request": {"method": "GET"}}
+	count(behavior.deny) == 0 with input.behavior as {}
+	not behavior.anomalous with input as {}
+}
+
+test_deny_burst_at_threshold if {
+	behavior.deny == {"behavior:deny_burst"} with input.behavior as window({"requests": 20, "denies": 10, "deny_rate": 0.5})
+	behavior.anomalous with input.behavior as window({"requests": 20, "denies": 10, "deny_rate": 0.5})
+}
+
+test_deny_burst_needs_the_rate if {
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 30, "denies": 12, "deny_rate": 0.4})
+}
+
+test_deny_burst_needs_the_count if {
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 9, "denies": 9, "deny_rate": 1})
+}
+
+test_request_flood_is_strictly_more_than_the_limit if {
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 600})
+	behavior.deny == {"behavior:request_flood"} with input.behavior as window({"requests": 601})
+}
+
+test_error_burst if {
+	behavior.deny == {"behavior:error_burst"} with input.behavior as window({"requests": 30, "errors": 20, "error_rate": 0.6667})
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 100, "errors": 20, "error_rate": 0.2})
+}
+
+test_route_scan if {
+	behavior.deny == {"behavior:route_scan"} with input.behavior as window({"requests": 21, "distinct_routes": 21})
+	count(behavior.deny) == 0 with input.behavior as window({"requests": 20, "distinct_routes": 20})
+}
+
+test_thresholds_from_data_override_defaults_key_by_key if {
+	limits := {"max_requests": 5}
+	behavior.deny == {"behavior:request_flood"} with input.behavior as window({"requests": 6})
+		with data.behavior.thresholds as limits
+	behavior.thresholds.deny_burst == 10 with data.behavior.thresholds as limits
+}
+
+test_reason_is_the_lexically_first if {
+	w := window({"requests": 700, "denies": 400, "deny_rate": 0.5714})
+	behavior.deny == {"behavior:deny_burst", "behavior:request_flood"} with input.behavior as w
+	behavior.reason == "behavior:deny_burst" with input.behavior as w
+}
+
+test_no_reason_without_anomaly if {
+	not behavior.reason with input.behavior as window({"requests": 1})
+}

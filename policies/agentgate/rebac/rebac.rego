@@ -1,0 +1,51 @@
+# METADATA
+# title: Relationship-based access control (delegation)
+# description: |
+#   input.actors is the RFC 8693 "act" chain, outermost (current) actor first. Actor i acts
+#   for chain[i + 1]: the next actor, or the subject for the last one. Each link needs a
+#   grant data.delegations[principal][actor] whose routes include this route ("*" = all);
+#   a grant's optional scopes narrow what the whole chain may do. The chain may be at most
+#   data.rebac.max_depth long, and the mode must agree with it.
+package agentgate.rebac
+
+max_depth := object.get(data.rebac, "max_depth", 1)
+
+depth := count(input.actors)
+
+chain := array.concat([actor.sub | some actor in input.actors], [input.subject.id])
+
+# The grant covering link i, when data holds one for this route.
+link_grants[i] := grant if {
+	some i, actor in input.actors
+	grant := data.delegations[chain[i + 1]][actor.sub]
+	route_granted(grant.routes, input.route.name)
+}
+
+route_granted(routes, _) if "*" in routes
+
+route_granted(routes, route) if route in routes
+
+deny contains "rebac:depth_exceeded" if depth > max_depth
+
+deny contains "rebac:not_delegated" if {
+	some i, _ in input.actors
+	not link_grants[i]
+}
+
+deny contains "rebac:mode_mismatch" if {
+	input.mode in {"obo_user", "obo_agent"}
+	depth == 0
+}
+
+deny contains "rebac:mode_mismatch" if {
+	input.mode == "self"
+	depth > 0
+}
+
+# Scopes every link of the chain allows; undefined when no grant narrows scopes.
+scope_limit := intersection({{scope | some scope in grant.scopes} |
+	some grant in link_grants
+	grant.scopes
+})
+
+limits_scopes if count({grant | some grant in link_grants; grant.scopes}) > 0
