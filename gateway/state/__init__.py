@@ -1,18 +1,34 @@
-"""Shared state behind small interfaces: replay caches now; revocation and rates later.
+"""Shared state behind small interfaces: replay caches, revocations, rate limits.
 
-Every operation either answers or raises :class:`StateUnavailable`; callers
-turn that into 503 (fail closed), never into "not seen before".
+A :class:`State` bundles the three stores of one backend (``state.backend``):
+
+* ``replay``      :class:`ReplayCache`       -- "has this jti/nonce been used?" (atomic)
+* ``revocations`` :class:`RevocationStore`   -- revoked subjects, agents, certs, jtis, txns
+* ``limiter``     :class:`RateLimiter`       -- token buckets
+
+``gateway.state.factory.build_state`` builds one from :class:`gateway.settings.StateSettings`.
+The ``memory`` backend lives in one process; the ``redis`` backend is shared by every
+worker and node that points at the same Redis and ``key_prefix``.
+
+Every operation either answers or raises :class:`StateUnavailable`; callers turn that
+into 503 (fail closed), never into "not seen before", "not revoked" or "allowed".
+This module holds only the protocols and value types; it imports no backend.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 from gateway.errors import ServiceUnavailable
 
 
 class StateUnavailable(ServiceUnavailable):
     reason = "state_unavailable"
+
+
+# --------------------------------------------------------------------------- replay
 
 
 class ReplayCache(Protocol):
@@ -22,3 +38,127 @@ class ReplayCache(Protocol):
         Atomic: of two concurrent calls with the same key exactly one gets True.
         """
         ...
+
+
+# --------------------------------------------------------------------------- revocation
+
+RevocationKind = Literal["subject", "agent", "cert_sha256", "jti", "txn"]
+REVOCATION_KINDS: tuple[RevocationKind, ...] = get_args(RevocationKind)
+DEFAULT_REVOCATION_TTL_S = 3600.0
+MAX_REVOCATION_TTL_S = 30 * 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revoked identifier. Times are POSIX seconds (wall clock), for display."""
+
+    kind: RevocationKind
+    value: str
+    expires_at: float
+    created_at: float
+    reason: str = ""
+
+    def remaining_s(self, now: float | None = None) -> float:
+        return max(0.0, self.expires_at - (time.time() if now is None else now))
+
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "value": self.value,
+            "reason": self.reason,
+            "created_at": round(self.created_at, 3),
+            "expires_at": round(self.expires_at, 3),
+            "ttl_s": round(self.remaining_s(now), 3),
+        }
+
+
+class RevocationStore(Protocol):
+    async def revoke(
+        self,
+        kind: RevocationKind,
+        value: str,
+        *,
+        ttl_s: float = DEFAULT_REVOCATION_TTL_S,
+        reason: str = "",
+    ) -> Revocation:
+        """Revoke (or re-revoke, replacing expiry and reason) one identifier."""
+        ...
+
+    async def delete(self, kind: RevocationKind, value: str) -> bool:
+        """Un-revoke; False when nothing was revoked under that kind and value."""
+        ...
+
+    async def list(self) -> list[Revocation]:
+        """Every live revocation, sorted by kind then value (authoritative copy)."""
+        ...
+
+    async def check(
+        self,
+        *,
+        subject: str | None,
+        agent: str | None,
+        cert_sha256: str | None,
+        jti: str | None,
+        txn: str | None,
+    ) -> RevocationKind | None:
+        """The kind of the first revoked identifier among those given, or None.
+
+        The hot path: local dictionary lookups only. Raises :class:`StateUnavailable`
+        when the local copy cannot be trusted (shared backend unreachable too long).
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one token-bucket hit.
+
+    ``remaining`` whole tokens are left after this hit; ``retry_after_s`` is 0 when
+    allowed, else the time until one token is back; ``limit`` is the bucket depth
+    (burst); ``reset_s`` is the time until the bucket is full again.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after_s: float
+    limit: int
+    reset_s: float
+    rate: float = 0.0  # tokens per second, for the RateLimit-Policy window
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, rate: float, burst: int) -> Verdict:
+        """Take one token from the bucket ``key`` (``rate`` per second, ``burst`` deep)."""
+        ...
+
+
+# --------------------------------------------------------------------------- bundle
+
+
+class State:
+    """The three stores of one backend, with a lifecycle.
+
+    ``start()`` before serving, ``close()`` after draining; ``ready()`` is a cheap,
+    synchronous readiness signal for ``/readyz``.
+    """
+
+    backend: str = "memory"
+
+    def __init__(
+        self, replay: ReplayCache, revocations: RevocationStore, limiter: RateLimiter
+    ) -> None:
+        self.replay = replay
+        self.revocations = revocations
+        self.limiter = limiter
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def ready(self) -> bool:
+        return True

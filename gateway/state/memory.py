@@ -5,13 +5,18 @@ single-threaded on the event loop, check-and-set needs no lock: there is no
 ``await`` between the lookup and the insert, so it is atomic for every
 coroutine of this process. When full even after dropping expired entries it
 raises :class:`StateUnavailable` (fail closed) rather than forget a live entry.
+
+Nothing here is shared between processes: ``agentgate run --workers N`` (N > 1)
+refuses this backend (``gateway.workers``).
 """
 
 from __future__ import annotations
 
 import time
 
-from gateway.state import StateUnavailable
+from gateway.state import State, StateUnavailable
+from gateway.state.ratelimit import DEFAULT_MAX_BUCKETS, MemoryRateLimiter
+from gateway.state.revocation import DEFAULT_MAX_ENTRIES, MemoryRevocationStore
 
 
 class MemoryReplayCache:
@@ -39,3 +44,20 @@ class MemoryReplayCache:
     def _sweep(self, now: float) -> None:
         self._expiry = {k: exp for k, exp in self._expiry.items() if exp > now}
         self._next_sweep = now + 1.0
+
+
+class MemoryState(State):
+    backend = "memory"
+
+    def __init__(
+        self,
+        *,
+        replay_entries: int = 100_000,
+        revocation_entries: int = DEFAULT_MAX_ENTRIES,
+        buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> None:
+        super().__init__(
+            MemoryReplayCache(replay_entries),
+            MemoryRevocationStore(revocation_entries),
+            MemoryRateLimiter(buckets),
+        )
