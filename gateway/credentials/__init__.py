@@ -1,0 +1,57 @@
+"""Credential conversion: each backend gets the credential dialect it speaks.
+
+Agents never hold backend secrets; the gateway is the intermediary credential
+manager. A route names one default credential (``credential``) and optional
+named alternatives (``credentials``) that a policy decision may select.
+
+Every converter has one method, shaped like httpx's ``auth_flow``::
+
+    async def apply(self, out: Outbound, ctx: ConvertContext) -> None
+
+It edits the outbound request (headers, URL, TLS context) in place and raises
+:class:`gateway.errors.ServiceUnavailable` (503, generic text) when it cannot
+produce its credential: a missing or unreadable secret, a token endpoint that
+is down, slow or answering garbage. It never falls back to passthrough or to
+no credential. Inbound credentials have already been stripped by the pipeline,
+so exactly one credential reaches the upstream.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.context import Identity, RequestFacts
+
+
+@dataclass(slots=True)
+class Outbound:
+    """The request about to be sent upstream; converters edit it in place."""
+
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    ssl_context: ssl.SSLContext | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertContext:
+    facts: RequestFacts
+    identity: Identity | None
+    txn_token: str | None  # the Txn-Token minted for this request, if any
+    inbound_token: str | None = None  # the verified inbound access token, for exchange
+    extras: dict[str, str] = field(default_factory=dict)
+
+
+class Converter(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def apply(self, out: Outbound, ctx: ConvertContext) -> None: ...

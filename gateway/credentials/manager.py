@@ -1,0 +1,107 @@
+"""Builds every route's converters once and picks the one a request uses.
+
+A route's default credential is ``credential``; when it is absent the default
+is ``txn_token`` if the gateway mints Txn-Tokens, otherwise ``none``. A policy
+decision may name one of the route's ``credentials`` alternatives (or
+``default``); a name the route does not list is refused (403
+``credential_not_allowed``): the policy may choose among what the operator
+allowed, never invent a credential.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.credentials import Converter
+from gateway.credentials.hmac_sign import HMACSignConverter
+from gateway.credentials.keyed import MTLSConverter, SignedJWTConverter
+from gateway.credentials.oauth import ClientCredentialsConverter, TokenExchangeConverter
+from gateway.credentials.static import (
+    APIKeyConverter,
+    BasicConverter,
+    BearerStaticConverter,
+    NoConverter,
+    TxnTokenConverter,
+)
+from gateway.errors import Forbidden, ServiceUnavailable
+from gateway.settings import (
+    APIKeyCredential,
+    BasicCredential,
+    BearerStaticCredential,
+    CredentialSettings,
+    HMACSignCredential,
+    MTLSCredential,
+    OAuthClientCredentials,
+    Route,
+    SignedJWTCredential,
+    TokenExchangeCredential,
+    TxnTokenCredential,
+)
+
+DEFAULT = "default"
+
+
+def build_converter(name: str, cfg: CredentialSettings, txn_header: str | None) -> Converter:
+    if isinstance(cfg, TxnTokenCredential):
+        if txn_header is None:
+            raise ValueError("credential type txn_token needs the txn_tokens section")
+        return TxnTokenConverter(name, txn_header)
+    if isinstance(cfg, APIKeyCredential):
+        return APIKeyConverter(name, cfg)
+    if isinstance(cfg, BasicCredential):
+        return BasicConverter(name, cfg)
+    if isinstance(cfg, BearerStaticCredential):
+        return BearerStaticConverter(name, cfg)
+    if isinstance(cfg, OAuthClientCredentials):
+        return ClientCredentialsConverter(name, cfg)
+    if isinstance(cfg, TokenExchangeCredential):
+        return TokenExchangeConverter(name, cfg)
+    if isinstance(cfg, MTLSCredential):
+        return MTLSConverter(name, cfg)
+    if isinstance(cfg, HMACSignCredential):
+        return HMACSignConverter(name, cfg)
+    if isinstance(cfg, SignedJWTCredential):
+        return SignedJWTConverter(name, cfg)
+    return NoConverter(name)
+
+
+class CredentialManager:
+    def __init__(self, routes: Sequence[Route], *, txn_header: str | None) -> None:
+        self._routes: dict[str, dict[str, Converter]] = {}
+        for route in routes:
+            table: dict[str, Converter] = {}
+            if route.credential is not None:
+                table[DEFAULT] = build_converter(DEFAULT, route.credential, txn_header)
+            elif txn_header is not None:
+                table[DEFAULT] = TxnTokenConverter(DEFAULT, txn_header)
+            else:
+                table[DEFAULT] = NoConverter(DEFAULT)
+            for alt, cfg in route.credentials.items():
+                table[alt] = build_converter(alt, cfg, txn_header)
+            self._routes[route.name] = table
+
+    def all(self) -> list[Converter]:
+        return [conv for table in self._routes.values() for conv in table.values()]
+
+    async def start(self) -> None:
+        for conv in self.all():
+            await conv.start()
+
+    async def close(self) -> None:
+        for conv in self.all():
+            await conv.close()
+
+    def uses_txn_token(self, route: str, choice: str | None) -> bool:
+        return isinstance(self.select(route, choice), TxnTokenConverter)
+
+    def select(self, route: str, choice: str | None) -> Converter:
+        table = self._routes.get(route)
+        if table is None:
+            raise ServiceUnavailable(f"no credentials built for route {route}")
+        conv = table.get(choice or DEFAULT)
+        if conv is None:
+            raise Forbidden(
+                f"decision chose credential {choice!r}, not allowed on route {route}",
+                reason="credential_not_allowed",
+            )
+        return conv
