@@ -27,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT, then drain")
     run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
     run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="N worker processes sharing the port (SO_REUSEPORT); needs state.backend: redis",
+    )
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
@@ -50,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--dns", action="append", default=[])
     issue.add_argument("--ip", action="append", default=[])
     issue.add_argument("--days", type=int, default=30)
+    from gateway.tokens.cli import add_subcommands
+
+    add_subcommands(sub)  # keys generate; token inspect | verify | mint
     return parser
 
 
@@ -64,9 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(json_schema())
             return 0
         if args.command == "run":
-            return _run(args.config, args.log_level)
+            return _run(args.config, args.log_level, args.workers)
         if args.command == "certs":
             return _certs(args)
+        if args.command in ("keys", "token"):
+            from gateway.tokens.cli import dispatch
+
+            return dispatch(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 
@@ -81,23 +94,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check_config(path: Path) -> int:
+    from gateway.app import Gateway
     from gateway.settings import load_settings
 
     settings = load_settings(path)
+    # Build every part (credential files, keys, policies) without binding or connecting:
+    # what would fail at startup fails here, with the same messages.
+    try:
+        Gateway(settings)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:
+        raise ConfigError([("", f"cannot start with this configuration: {exc}")]) from None
     print(f"{path}: ok ({len(settings.routes)} route(s))")
     return 0
 
 
-def _run(path: Path, level: str) -> int:
-    from gateway.app import run
-    from gateway.settings import load_settings
-
+def _run(path: Path, level: str, workers: int | None = None) -> int:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if workers is not None:
+        from gateway.workers import run_workers  # a small supervisor: no gateway.app import
+
+        return run_workers(path, workers, log_level=level)
+    from gateway.app import run
+    from gateway.settings import load_settings
+
     settings = load_settings(path)
     try:
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, config_path=path))
     except OSError as exc:
         print(f"agentgate: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1

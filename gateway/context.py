@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from aiohttp import web
+
 SubjectType = Literal["user", "agent", "service", "device"]
 CallerType = Literal["human_browser", "human_api", "agent", "device"]
 Mode = Literal["obo_user", "self", "obo_agent"]
@@ -141,4 +143,4 @@ class Decision:
 # A stage that had to read the whole request body (e.g. to check Content-Digest
 # for an HTTP message signature) stores it under this request key, bounded by
 # ``max_body_bytes``; the forwarder then sends these bytes instead of the stream.
-BUFFERED_BODY_KEY = "agentgate.buffered_body"
+BUFFERED_BODY_KEY = web.RequestKey("agentgate.buffered_body", bytes)

@@ -34,9 +34,11 @@ class GatewayError(Exception):
         public: str | None = None,
         status: int | None = None,
         headers: Mapping[str, str] | None = None,
+        decision_id: str | None = None,
     ) -> None:
         super().__init__(detail or self.public)
         self.detail = detail
+        self.decision_id = decision_id
         if reason is not None:
             self.reason = reason
         if public is not None:

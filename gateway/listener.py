@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import web
@@ -33,7 +36,18 @@ from gateway.spiffe import InvalidSpiffeID, peer_from_der
 
 log = logging.getLogger("agentgate.listener")
 
-_TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+SERVER = "agentgate"
+
+# Called once per request refused before the pipeline ran: (status, reason code).
+OnRefused = Callable[[int, str], None]
+
+
+def _timeout_408(request_id: str) -> bytes:
+    return (
+        "HTTP/1.1 408 Request Timeout\r\n"
+        f"Server: {SERVER}\r\nX-Request-Id: {request_id}\r\n"
+        "Connection: close\r\nContent-Length: 0\r\n\r\n"
+    ).encode("ascii")
 
 
 class PeerCache:
@@ -56,17 +70,37 @@ class PeerCache:
 
 
 class GatewayRequestHandler(RequestHandler):
-    __slots__ = ("_deadline", "_header_read_s", "_in_request", "_peer_cache", "peer")
+    __slots__ = (
+        "_deadline",
+        "_header_read_s",
+        "_in_request",
+        "_line_bytes",
+        "_line_done",
+        "_on_refused",
+        "_peer_cache",
+        "peer",
+    )
 
     def __init__(
-        self, manager: GatewayServer, *, header_read_s: float, peer_cache: PeerCache, **kw: Any
+        self,
+        manager: GatewayServer,
+        *,
+        header_read_s: float,
+        peer_cache: PeerCache,
+        on_refused: OnRefused | None = None,
+        **kw: Any,
     ) -> None:
         super().__init__(manager, **kw)
         self.peer: Peer | None = None
         self._header_read_s = header_read_s
         self._peer_cache = peer_cache
+        self._on_refused = on_refused
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
+        # Length of the request line of the head being read: the parser's LineTooLong does not
+        # say whether the request-target (414) or a header field (431) overflowed.
+        self._line_bytes = 0
+        self._line_done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -82,11 +116,24 @@ class GatewayRequestHandler(RequestHandler):
                 self.force_close()
                 cast(asyncio.Transport, transport).abort()
                 return
+            if self.peer.not_after <= time.time():
+                # SECURITY: a resumed TLS session (1.3 ticket, 1.2 session id) skips certificate
+                # verification; never serve a certificate past its notAfter (RFC 5280 §6.1.3).
+                log.warning("client certificate refused: expired (resumed TLS session)")
+                self.peer = None
+                self.force_close()
+                cast(asyncio.Transport, transport).abort()
+                return
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        if not self._in_request and self._deadline is None:
-            self._arm()
+        if not self._in_request:
+            if self._deadline is None:
+                self._arm()
+            if not self._line_done:
+                end = data.find(b"\n")
+                self._line_bytes += len(data) if end < 0 else end
+                self._line_done = end >= 0
         super().data_received(data)
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -99,6 +146,8 @@ class GatewayRequestHandler(RequestHandler):
 
     def request_finished(self) -> None:
         self._in_request = False
+        self._line_bytes = 0
+        self._line_done = False
 
     def _arm(self) -> None:
         self._deadline = self._loop.call_later(self._header_read_s, self._header_timeout)
@@ -112,8 +161,13 @@ class GatewayRequestHandler(RequestHandler):
         self._deadline = None
         if self._in_request or self.transport is None:
             return
-        self.transport.write(_TIMEOUT_408)
+        self._refused(408, "header_timeout")
+        self.transport.write(_timeout_408(str(uuid.uuid4())))
         self.transport.close()
+
+    def _refused(self, status: int, reason: str) -> None:
+        if self._on_refused is not None:
+            self._on_refused(status, reason)
 
     def handle_error(
         self,
@@ -123,7 +177,7 @@ class GatewayRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
-        if isinstance(exc, LineTooLong) and "status line" in str(exc).lower():
+        if isinstance(exc, LineTooLong) and self._line_bytes > _limit(exc):
             resp = problem(414, "uri_too_long", "request target too long", request_id)
         elif isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
@@ -134,16 +188,38 @@ class GatewayRequestHandler(RequestHandler):
         else:
             log.error("unhandled error (request_id=%s)", request_id, exc_info=exc)
             resp = problem(500, "internal_error", "internal error", request_id)
+        # SECURITY: aiohttp would add "Server: Python/3.x aiohttp/3.y" (DESIGN.md §5).
+        resp.headers["Server"] = SERVER
         resp.force_close()
+        self._refused(resp.status, _reason(resp))
         return resp
+
+
+def _limit(exc: LineTooLong) -> int:
+    limit = exc.args[1] if len(exc.args) > 1 else None
+    return limit if isinstance(limit, int) else sys.maxsize  # unknown: not the line
+
+
+def _reason(resp: web.Response) -> str:
+    return {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large"}.get(
+        resp.status, "internal_error"
+    )
 
 
 class GatewayServer(web.Server):
     """aiohttp's low-level server, making :class:`GatewayRequestHandler` connections."""
 
-    def __init__(self, handler: Any, *, header_read_s: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        header_read_s: float,
+        on_refused: OnRefused | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self._header_read_s = header_read_s
+        self._on_refused = on_refused
         self._peer_cache = PeerCache()
 
     def __call__(self) -> GatewayRequestHandler:
@@ -152,5 +228,6 @@ class GatewayServer(web.Server):
             loop=self._loop,
             header_read_s=self._header_read_s,
             peer_cache=self._peer_cache,
+            on_refused=self._on_refused,
             **self._kwargs,
         )

@@ -20,19 +20,28 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.context import Decision, Identity, RequestFacts
-from gateway.errors import BadRequest, GatewayError, HeadersTooLarge, Unauthorized
+from gateway.authz.engine import PolicyDecisionPoint
+from gateway.credentials import ConvertContext, Outbound
+from gateway.credentials.manager import CredentialManager
+from gateway.settings import RateLimit
+from gateway.state import State
+from gateway.state.ratelimit import enforce, obligation_limit, split
+from gateway.state.revocation import Revoked, identifiers
+from gateway.authz.input import build_input, policy_headers, query_params
+from gateway.errors import BadRequest, Forbidden, GatewayError, HeadersTooLarge, Unauthorized
 from gateway.listener import GatewayRequestHandler
 from gateway.observability.metrics import Metrics
 from gateway.render import REQUEST_ID, error_response
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
-from gateway.upstream.paths import normalize_path
+from gateway.upstream.paths import drop_query_params, normalize_path
 from gateway.upstream.routes import CompiledRoute, RouteTable
 
 log = logging.getLogger("agentgate.pipeline")
@@ -40,10 +49,33 @@ log = logging.getLogger("agentgate.pipeline")
 SERVER_HEADER = {"Server": "agentgate"}
 
 
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class Minter(Protocol):
+    header: str
+
+    async def mint(
+        self, identity: Identity, facts: RequestFacts, route: str, scopes: Sequence[str]
+    ) -> str: ...
+
+
+def inbound_token(request: web.BaseRequest, identity: Identity | None) -> str | None:
+    """The verified inbound access token, for an RFC 8693 exchange converter only."""
+    if identity is None or not any(p.claims.get("iss") for p in identity.results.values()):
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() in ("bearer", "dpop") else None
+
+
 class Authenticator(Protocol):
     async def authenticate(
         self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
     ) -> Identity: ...
+
+    def scoped(self, identity: Identity) -> bool:
+        """Whether the subject's credential carries scopes (a policy may then only narrow)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +83,8 @@ class Limits:
     max_header_bytes: int
     trusted_hops: int
     scheme: str
-    strip_headers: frozenset[str]
+    strip_headers: frozenset[str]  # identity and credential headers never forwarded
+    strip_query: frozenset[str] = frozenset()  # credential query parameters
 
 
 class Pipeline:
@@ -62,13 +95,25 @@ class Pipeline:
         forwarder: Forwarder,
         metrics: Metrics,
         limits: Limits,
+        state: State,
+        credentials: CredentialManager,
         authenticator: Authenticator | None = None,
+        pdp: PolicyDecisionPoint | None = None,
+        minter: Minter | None = None,
+        endpoints: Mapping[str, Handler] | None = None,
     ) -> None:
         self.routes = routes
         self.forwarder = forwarder
         self.metrics = metrics
         self.limits = limits
+        self.state = state
+        self.credentials = credentials
         self.authenticator = authenticator
+        self.pdp = pdp
+        self.minter = minter
+        self.endpoints = dict(endpoints or {})
+        self.inflight = 0  # requests running on this pipeline (a reload waits for zero)
+        self._limits = {r.name: split(r.settings.rate_limits) for r in routes}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         protocol = request.protocol
@@ -76,14 +121,27 @@ class Pipeline:
             protocol.request_started()
         request_id = str(uuid.uuid4())
         started = time.perf_counter()
+        self.inflight += 1
         route_name, status, reason = "-", 500, "internal_error"
         try:
             facts = self.observe(request, request_id)
+            endpoint = self.endpoints.get(facts.path)
+            if endpoint is not None:  # the gateway's own: JWKS, the Token Service
+                route_name = facts.path
+                response = await endpoint(request)
+                response.headers.update({REQUEST_ID: request_id, **SERVER_HEADER})
+                status, reason = response.status, "ok"
+                return response
             route = self.routes.match(facts.method, facts.host, facts.path)
             route_name = route.name
+            pre, post = self._limits[route.name]
+            await enforce(self.state.limiter, route.name, pre, facts, None)
             identity = await self.authenticate(route, request, facts)
-            decision = await self.decide(route, facts, identity)
-            response = await self.forward(request, facts, route, decision)
+            await self.screen(route, facts, identity, post)
+            decision = await self.decide(route, request, facts, identity)
+            await self.obey(route, facts, identity, decision)
+            txn_token = await self.mint(route, facts, identity, decision)
+            response = await self.forward(request, facts, route, identity, decision, txn_token)
             status, reason = response.status, "ok"
             return response
         except GatewayError as exc:
@@ -94,6 +152,7 @@ class Pipeline:
             response.headers.update(SERVER_HEADER)
             return response
         finally:
+            self.inflight -= 1
             if isinstance(protocol, GatewayRequestHandler):
                 protocol.request_finished()
             self.metrics.observe_request(route_name, status, reason, time.perf_counter() - started)
@@ -103,8 +162,21 @@ class Pipeline:
     def observe(self, request: web.BaseRequest, request_id: str) -> RequestFacts:
         if header_block_size(request.raw_headers) > self.limits.max_header_bytes:
             raise HeadersTooLarge()
+        # SECURITY: RFC 9112 §6.1: only "chunked" is decoded; another transfer coding would
+        # reach the upstream as if it were the body itself.
+        codings = [
+            c.strip().lower()
+            for v in request.headers.getall("Transfer-Encoding", ())
+            for c in v.split(",")
+        ]
+        if codings and codings != ["chunked"]:
+            raise BadRequest(
+                "unsupported transfer coding", public="unsupported transfer coding", status=501
+            )
         raw_path, _, raw_query = request.raw_path.partition("?")
         path = normalize_path(raw_path)
+        # SECURITY: a credential sent in the query reaches neither the policy nor the upstream.
+        raw_query = drop_query_params(raw_query, self.limits.strip_query)
         hosts = request.headers.getall("Host", ())
         if len(hosts) != 1 or not hosts[0]:
             raise BadRequest("missing or repeated Host header", public="exactly one Host header")
@@ -145,37 +217,152 @@ class Pipeline:
             raise Unauthorized("no authenticator configured", reason="authn_missing")
         return await self.authenticator.authenticate(route, request, facts)
 
+    async def screen(
+        self,
+        route: CompiledRoute,
+        facts: RequestFacts,
+        identity: Identity | None,
+        limits: Sequence[RateLimit],
+    ) -> None:
+        """Revocation (every route, so a revoked certificate is refused even on public
+        routes), then the per-subject/per-agent rate limits. Neither reaches the PDP."""
+        kind = await self.state.revocations.check(**identifiers(facts, identity))
+        if kind is not None:
+            raise Revoked(kind)
+        await enforce(self.state.limiter, route.name, limits, facts, identity)
+
+    async def obey(
+        self,
+        route: CompiledRoute,
+        facts: RequestFacts,
+        identity: Identity | None,
+        decision: Decision | None,
+    ) -> None:
+        """Obligations of an allow decision that the gateway enforces (a rate limit)."""
+        if decision is None:
+            return
+        limit = obligation_limit(decision.obligations)
+        if limit is not None:
+            await enforce(
+                self.state.limiter, route.name + "|obligation", (limit,), facts, identity
+            )
+
     async def decide(
-        self, route: CompiledRoute, facts: RequestFacts, identity: Identity | None
+        self,
+        route: CompiledRoute,
+        request: web.BaseRequest,
+        facts: RequestFacts,
+        identity: Identity | None,
     ) -> Decision | None:
-        # The PDP seam (gateway.authz). Until a PDP is configured no route is decided,
-        # and only routes without ``authn`` exist to reach this point unauthenticated.
-        return None
+        if self.pdp is None:
+            # No PDP configured: the operator runs the gateway as an authenticating proxy.
+            return None
+        document = build_input(
+            facts,
+            route,
+            identity,
+            policy_headers(request.headers, route.settings.policy_headers),
+            query_params(facts.raw_query),
+        )
+        scopes: tuple[str, ...] | None = None
+        if identity is not None and self.authenticator is not None:
+            if self.authenticator.scoped(identity):
+                scopes = identity.principal.scopes
+        decision = await self.pdp.decide(document, scopes)
+        if not decision.allow:
+            raise denial(decision)
+        return decision
+
+    async def mint(
+        self,
+        route: CompiledRoute,
+        facts: RequestFacts,
+        identity: Identity | None,
+        decision: Decision | None,
+    ) -> str | None:
+        """The downscoped Txn-Token of this transaction (none for anonymous requests)."""
+        if self.minter is None or identity is None:
+            return None
+        scopes = identity.principal.scopes
+        if decision is not None and decision.scopes is not None:
+            scopes = decision.scopes  # already intersected with the subject's by the PDP
+        return await self.minter.mint(identity, facts, route.name, scopes)
 
     async def forward(
         self,
         request: web.BaseRequest,
         facts: RequestFacts,
         route: CompiledRoute,
+        identity: Identity | None,
         decision: Decision | None,
+        txn_token: str | None,
     ) -> web.StreamResponse:
         headers = self.upstream_headers(request, facts)
-        url = route.upstream_url(facts.path, facts.raw_query)
+        if decision is not None:
+            for name, value in decision.headers.items():
+                # A decision may add headers, never replace what the gateway set.
+                if name not in headers:
+                    headers[name] = value
+        if txn_token is not None and route.settings.send_txn_token and self.minter is not None:
+            headers[self.minter.header] = txn_token
+        out = Outbound(
+            request.method, route.upstream_url(facts.path, facts.raw_query), headers
+        )
+        converter = self.credentials.select(route.name, decision.credential if decision else None)
+        context = ConvertContext(facts, identity, txn_token, inbound_token(request, identity))
+        await converter.apply(out, context)
         return await self.forwarder.forward(
             request,
-            url,
-            headers,
+            out.url,
+            out.headers,
             route=route.name,
+            ssl_context=out.ssl_context,
             response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
         )
 
     def upstream_headers(self, request: web.BaseRequest, facts: RequestFacts) -> CIMultiDict[str]:
         headers = sanitize_request_headers(request.headers, extra_strip=self.limits.strip_headers)
+        # The forwarder answers "Expect: 100-continue" itself (RFC 9110 §10.1.1).
+        headers.popall("Expect", None)
         headers["X-Forwarded-For"] = facts.forwarded_for
         headers["X-Forwarded-Proto"] = facts.forwarded_proto
         headers["X-Forwarded-Host"] = facts.forwarded_host
         headers[REQUEST_ID] = facts.request_id
         return headers
+
+
+def denial(decision: Decision) -> GatewayError:
+    """The error for a deny decision: 403 (or the policy's 4xx/5xx), with its decision_id."""
+    if decision.reason.endswith("insufficient_scope"):
+        params = 'Bearer realm="agentgate", error="insufficient_scope"'
+        required = decision.obligations.get("required_scopes")
+        if isinstance(required, list) and all(_scope_token(x) for x in required) and required:
+            params += f', scope="{" ".join(required)}"'
+        return Forbidden(
+            "insufficient scope",
+            reason="insufficient_scope",
+            public="insufficient scope",
+            headers={"WWW-Authenticate": params},
+            decision_id=decision.decision_id,
+        )
+    return Forbidden(
+        f"policy denied: {decision.reason or 'no reason'}",
+        reason=_deny_reason(decision.reason),
+        status=decision.status or 403,
+        decision_id=decision.decision_id,
+    )
+
+
+def _scope_token(value: object) -> bool:
+    # RFC 6749 §3.3 scope-token: printable ASCII except space, quote and backslash.
+    return isinstance(value, str) and bool(value) and all(
+        0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in value
+    )
+
+
+def _deny_reason(reason: str) -> str:
+    # Reason codes label metrics: keep the policy's own text out of them (bounded set).
+    return reason if reason in ("policy_undefined", "policy_malformed") else "policy_denied"
 
 
 def _single(request: web.BaseRequest, name: str, allowed: tuple[str, ...] | None) -> str | None:

@@ -56,5 +56,5 @@ def error_response(exc: GatewayError, request_id: str) -> web.Response:
         exc.public,
         request_id,
         headers=dict(exc.headers),
-        decision_id=getattr(exc, "decision_id", None),
+        decision_id=exc.decision_id,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -35,25 +36,50 @@ from pydantic import (
 )
 from pydantic.functional_serializers import PlainSerializer
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ServiceUnavailable
 
 # --------------------------------------------------------------------------- helpers
 
 
+class SecretUnavailable(ServiceUnavailable):
+    reason = "secret_unavailable"
+
+
 class Secret:
-    """A resolved secret. The value is reachable only through :meth:`reveal`."""
+    """A resolved secret. The value is reachable only through :meth:`reveal`.
 
-    __slots__ = ("_value", "ref")
+    ``file:`` secrets follow their file: a change is picked up on the next use
+    (the file is stat'ed at most once a second); a file that has become
+    unreadable raises :class:`SecretUnavailable` (503), never an empty value.
+    """
 
-    def __init__(self, ref: str, value: bytes) -> None:
+    __slots__ = ("_mtime", "_next_check", "_path", "_value", "ref")
+
+    def __init__(self, ref: str, value: bytes, path: Path | None = None) -> None:
         self.ref = ref  # e.g. "env:BILLING_KEY": safe to show
         self._value = value
+        self._path = path
+        self._mtime = _mtime(path) if path is not None else 0
+        self._next_check = time.monotonic() + 1.0
 
     def reveal(self) -> bytes:
+        if self._path is not None and time.monotonic() >= self._next_check:
+            self._refresh(self._path)
         return self._value
 
     def reveal_str(self) -> str:
-        return self._value.decode("utf-8")
+        return self.reveal().decode("utf-8")
+
+    def _refresh(self, path: Path) -> None:
+        self._next_check = time.monotonic() + 1.0
+        try:
+            mtime = _mtime(path)
+            if mtime != self._mtime:
+                self._value = _read_secret_file(path)
+                self._mtime = mtime
+        except OSError:
+            # SECURITY: fail closed; the reference (a path) is safe to name, the value is not.
+            raise SecretUnavailable(f"secret {self.ref} became unreadable") from None
 
     def __repr__(self) -> str:
         return f"Secret({self.ref!r})"
@@ -65,6 +91,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self.ref)
+
+
+def _mtime(path: Path) -> int:
+    st = path.stat()
+    return st.st_mtime_ns ^ st.st_size
+
+
+def _read_secret_file(path: Path) -> bytes:
+    # A trailing newline in a secret file is an editor artefact, never part of the secret.
+    return path.read_bytes().rstrip(b"\r\n")
 
 
 def _base_dir(info: ValidationInfo) -> Path:
@@ -87,11 +123,10 @@ def resolve_secret(ref: str, base_dir: Path) -> Secret:
     if not path.is_absolute():
         path = base_dir / path
     try:
-        data = path.read_bytes()
+        data = _read_secret_file(path)
     except OSError as exc:
         raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
-    # A trailing newline in a secret file is an editor artefact, never part of the secret.
-    return Secret(f"file:{path}", data.rstrip(b"\r\n"))
+    return Secret(f"file:{path}", data, path)
 
 
 def _secret(value: Any, info: ValidationInfo) -> Secret:
@@ -102,8 +137,14 @@ def _secret(value: Any, info: ValidationInfo) -> Secret:
     return resolve_secret(value, _base_dir(info))
 
 
+def _as_path(value: Any) -> Path:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("must be a path")
+    return Path(value)
+
+
 def _existing_file(value: Any, info: ValidationInfo) -> Path:
-    path = Path(value)
+    path = _as_path(value)
     if not path.is_absolute():
         path = _base_dir(info) / path
     if not path.is_file():
@@ -112,7 +153,7 @@ def _existing_file(value: Any, info: ValidationInfo) -> Path:
 
 
 def _existing_dir(value: Any, info: ValidationInfo) -> Path:
-    path = Path(value)
+    path = _as_path(value)
     if not path.is_absolute():
         path = _base_dir(info) / path
     if not path.is_dir():
@@ -121,7 +162,7 @@ def _existing_dir(value: Any, info: ValidationInfo) -> Path:
 
 
 def _any_path(value: Any, info: ValidationInfo) -> Path:
-    path = Path(value)
+    path = _as_path(value)
     return path if path.is_absolute() else _base_dir(info) / path
 
 
@@ -279,7 +320,7 @@ _DEFAULT_SUBJECT_TYPES: dict[str, SubjectKind] = {
 
 class MTLSMethod(Strict):
     type: Literal["mtls"] = "mtls"
-    # SPIFFE path prefix -> subject type; first match wins, default "service".
+    # SPIFFE path prefix -> subject type; the longest matching prefix wins, default "service".
     subject_types: dict[str, SubjectKind] = Field(
         default_factory=lambda: dict(_DEFAULT_SUBJECT_TYPES)
     )
@@ -327,6 +368,13 @@ class HMACMethod(Strict):
     required_components: tuple[str, ...] = ("@method", "@target-uri", "content-digest", "created")
 
 
+class TxnTokenMethod(Strict):
+    """East-west: verify the gateway's own Txn-Tokens (DESIGN.md §2)."""
+
+    type: Literal["txn_token"] = "txn_token"
+    leeway_s: float = Field(5.0, ge=0, le=60)
+
+
 class JWTAssertionMethod(Strict):
     type: Literal["jwt_assertion"] = "jwt_assertion"
     agents_file: FilePath
@@ -337,10 +385,16 @@ class JWTAssertionMethod(Strict):
 
 
 AuthnMethod = Annotated[
-    MTLSMethod | BearerMethod | APIKeyMethod | BasicMethod | HMACMethod | JWTAssertionMethod,
+    MTLSMethod
+    | BearerMethod
+    | APIKeyMethod
+    | BasicMethod
+    | HMACMethod
+    | JWTAssertionMethod
+    | TxnTokenMethod,
     Field(discriminator="type"),
 ]
-AUTHN_TYPES = ("mtls", "bearer", "api_key", "basic", "hmac", "jwt_assertion")
+AUTHN_TYPES = ("mtls", "bearer", "api_key", "basic", "hmac", "jwt_assertion", "txn_token")
 
 
 def _default_type(value: Any) -> Any:
@@ -383,13 +437,95 @@ class PDPSettings(Strict):
     url: str = "http://127.0.0.1:8181"
     decision: str = "agentgate/authz/decision"
     cache: DecisionCache = DecisionCache()
-    decision_log: Literal["stdout", "off"] | AnyPath = "off"
 
     @model_validator(mode="after")
     def _engine(self) -> Self:
         if self.engine == "embedded" and self.policies is None:
             raise ValueError("policies is required for the embedded engine")
         return self
+
+
+# --------------------------------------------------------------------------- txn tokens
+
+
+class TxnTokenSettings(Strict):
+    """Transaction Tokens minted by the gateway (DESIGN.md §8, SPECS.md §1)."""
+
+    issuer: str = "https://gateway.example.org"
+    ttl_s: float = Field(60.0, gt=0, le=300)  # SECURITY: hard max 300 s
+    # PEM private keys; the first is the active signing key, the others are still
+    # published (rotation). ``signing_key`` is the single-key shorthand.
+    signing_key: FilePath | None = None
+    keys: tuple[FilePath, ...] = ()
+    algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    header: str = "Txn-Token"
+    jwks_max_age_s: int = Field(300, ge=0, le=86400)
+    # Workloads (SPIFFE IDs, exact or prefix ending in "/") allowed to call POST /token.
+    token_service_clients: tuple[str, ...] = ()
+    replay_check: bool = False  # east-west: refuse a (txn, route) pair seen before
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Self:
+        if (self.signing_key is None) == (not self.keys):
+            raise ValueError("give exactly one of signing_key or keys")
+        return self
+
+    @property
+    def key_files(self) -> tuple[Path, ...]:
+        return (self.signing_key,) if self.signing_key is not None else self.keys
+
+
+# --------------------------------------------------------------------------- telemetry
+
+
+class BehaviorSettings(Strict):
+    """Per-agent sliding windows exposed to policy as ``input.behavior``."""
+
+    enabled: bool = True
+    window_s: float = Field(60.0, gt=0, le=3600)
+    max_agents: int = Field(100_000, ge=1)
+
+
+class TelemetrySettings(Strict):
+    service_name: str = "agentgate"
+    otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318 (OTLP/HTTP); None: no export
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+    # Whether a caller's traceparent may start our trace. Internal callers presenting a
+    # verified Txn-Token are always continued; external ones only when this is true.
+    trust_inbound_trace: bool = False
+    otlp_metrics: bool = False
+    audit_log: Literal["stdout", "off"] | AnyPath = "stdout"
+    decision_log: Literal["stdout", "off"] | AnyPath = "off"
+    behavior: BehaviorSettings = BehaviorSettings()
+
+    @field_validator("audit_log", "decision_log", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false; that is what the operator meant.
+        return "off" if value is False else value
+
+
+# --------------------------------------------------------------------------- state
+
+
+class StateSettings(Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: SecretRef | None = None  # a reference: the URL may carry a password
+    key_prefix: str = "agentgate:"
+    timeout_s: float = Field(0.25, gt=0, le=5)
+    revocation_poll_s: float = Field(0.5, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _url(self) -> Self:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("redis_url is required for the redis backend")
+        return self
+
+
+class AdminSettings(Strict):
+    """The admin API (revocation) on the admin listener; never open."""
+
+    token: SecretRef | None = None  # bearer token for /admin/*; None: admin API disabled
 
 
 # --------------------------------------------------------------------------- routes
@@ -437,25 +573,131 @@ class NoCredential(Strict):
     type: Literal["none"]
 
 
-CredentialSettings = Annotated[NoCredential, Field(discriminator="type")]
+class TxnTokenCredential(Strict):
+    """The gateway's Transaction Token in ``txn_tokens.header`` (DESIGN.md §8)."""
+
+    type: Literal["txn_token"]
+
+
+class APIKeyCredential(Strict):
+    type: Literal["api_key"]
+    secret: SecretRef
+    header: str | None = "X-API-Key"
+    query_param: str | None = None  # instead of a header, for backends that insist
+
+    @model_validator(mode="after")
+    def _where(self) -> Self:
+        if (self.header is None) == (self.query_param is None):
+            raise ValueError("give exactly one of header or query_param")
+        return self
+
+
+class BasicCredential(Strict):
+    type: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class BearerStaticCredential(Strict):
+    type: Literal["bearer_static"]
+    token: SecretRef
+
+
+class OAuthClientCredentials(Strict):
+    """RFC 6749 §4.4 client credentials grant against the backend's AS."""
+
+    type: Literal["oauth_client_credentials"]
+    token_endpoint: str
+    client_id: str
+    client_secret: SecretRef
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    scope: str | None = None
+    audience: str | None = None
+    refresh_before_s: float = Field(30.0, ge=0)
+    timeout_s: float = Field(2.0, gt=0)
+
+
+class TokenExchangeCredential(Strict):
+    """RFC 8693 token exchange at an external AS, per subject and audience."""
+
+    type: Literal["token_exchange"]
+    token_endpoint: str
+    client_id: str
+    client_secret: SecretRef
+    auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic"
+    subject: Literal["inbound", "txn_token"] = "inbound"
+    audience: str | None = None
+    resource: str | None = None
+    scope: str | None = None
+    requested_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
+    timeout_s: float = Field(2.0, gt=0)
+    max_cache_entries: int = Field(10_000, ge=0)
+
+
+class MTLSCredential(Strict):
+    """A client certificate for the upstream connection (one connector, built once)."""
+
+    type: Literal["mtls"]
+    cert: FilePath
+    key: FilePath
+    ca: FilePath | None = None
+
+
+class HMACSignCredential(Strict):
+    """RFC 9421 signature with a shared secret (hmac-sha256)."""
+
+    type: Literal["hmac_sign"]
+    key_id: str
+    secret: SecretRef
+    label: str = "sig1"
+
+
+class SignedJWTCredential(Strict):
+    """A short-lived JWT minted per request from a static signing key."""
+
+    type: Literal["signed_jwt"]
+    key: FilePath  # PEM private key (EC P-256 for ES256, Ed25519 for EdDSA)
+    algorithm: Literal["ES256", "EdDSA"] = "ES256"
+    issuer: str
+    audience: str
+    ttl_s: float = Field(60.0, gt=0, le=300)
+    header: str = "Authorization"  # sent as "Bearer <jwt>" in Authorization, raw otherwise
+
+
+CredentialSettings = Annotated[
+    NoCredential
+    | TxnTokenCredential
+    | APIKeyCredential
+    | BasicCredential
+    | BearerStaticCredential
+    | OAuthClientCredentials
+    | TokenExchangeCredential
+    | MTLSCredential
+    | HMACSignCredential
+    | SignedJWTCredential,
+    Field(discriminator="type"),
+]
+
 
 AuthnTree = str | dict[str, list[Any]]
 
 
-def _check_tree(node: Any, path: str = "authn") -> None:
+def _check_tree(node: Any, path: str = "") -> None:
+    # Problems carry their position inside the tree as "<at:any_of.1> ..." so that
+    # _problems can append it to the key path of the route's ``authn``.
+    at = f"<at:{path}> " if path else ""
     if isinstance(node, str):
         return
     if not isinstance(node, dict) or len(node) != 1:
-        raise ValueError(
-            f"{path}: must be a method name or one of {{any_of: [...]}} {{all_of: [...]}}"
-        )
+        raise ValueError(f"{at}must be a method name or one of {{any_of: [...]}} {{all_of: [...]}}")
     ((op, children),) = node.items()
     if op not in ("any_of", "all_of"):
-        raise ValueError(f"{path}: unknown operator {op!r} (any_of | all_of)")
+        raise ValueError(f"{at}unknown operator {op!r} (any_of | all_of)")
+    inner = f"{path}.{op}" if path else op
     if not isinstance(children, list) or not children:
-        raise ValueError(f"{path}.{op}: must be a non-empty list")
+        raise ValueError(f"<at:{inner}> must be a non-empty list")
     for i, child in enumerate(children):
-        _check_tree(child, f"{path}.{op}.{i}")
+        _check_tree(child, f"{inner}.{i}")
 
 
 def tree_names(node: Any) -> set[str]:
@@ -468,6 +710,14 @@ def tree_names(node: Any) -> set[str]:
     return names
 
 
+class RateLimit(Strict):
+    """A token bucket: ``rate`` tokens per second, ``burst`` deep, per key."""
+
+    per: Literal["agent", "subject", "route", "client"] = "subject"
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: RouteMatch = RouteMatch()
@@ -478,7 +728,13 @@ class Route(Strict):
     segment: str = "default"
     tags: tuple[str, ...] = ()
     policy_headers: tuple[str, ...] = ()  # request headers the policy may see
-    credential: CredentialSettings = NoCredential(type="none")
+    # The default backend credential; ``None`` means txn_token when txn_tokens is
+    # configured, otherwise none. ``credentials`` are named alternatives a decision may
+    # pick (decision ``credential: <name>``).
+    credential: CredentialSettings | None = None
+    credentials: dict[str, CredentialSettings] = Field(default_factory=dict)
+    send_txn_token: bool = True  # the minted Txn-Token goes upstream with any credential
+    rate_limits: tuple[RateLimit, ...] = ()
 
     @field_validator("upstream")
     @classmethod
@@ -512,6 +768,10 @@ class Settings(Strict):
     authn: AuthnMethods = Field(default_factory=dict)
     callers: CallerRules = CallerRules()
     pdp: PDPSettings | None = None
+    txn_tokens: TxnTokenSettings | None = None
+    telemetry: TelemetrySettings = TelemetrySettings()
+    state: StateSettings = StateSettings()
+    admin: AdminSettings = AdminSettings()
     routes: tuple[Route, ...] = ()
 
     @model_validator(mode="after")
@@ -525,6 +785,13 @@ class Settings(Strict):
             if route.authn is not None:
                 for name in sorted(tree_names(route.authn) - set(self.authn)):
                     problems.append(f"routes.{i}.authn: method {name!r} is not defined in authn")
+        if self.txn_tokens is not None and self.txn_tokens.token_service_clients:
+            if self.pdp is None:
+                problems.append("txn_tokens.token_service_clients: POST /token needs a pdp")
+        if self.txn_tokens is None:
+            for name, method in self.authn.items():
+                if isinstance(method, TxnTokenMethod):
+                    problems.append(f"authn.{name}: the txn_token method needs txn_tokens")
         issuer_names = {iss.name for iss in self.issuers}
         for name, method in self.authn.items():
             if isinstance(method, BearerMethod):
@@ -540,12 +807,40 @@ class Settings(Strict):
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
-    # pydantic puts union/discriminator tags in loc; drop the ones that are not keys.
-    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in _TAGS))]
+    # pydantic puts union members and discriminator tags in loc; keep only real keys.
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, str) and ("[" in p or p in _TAGS):
+            continue
+        if isinstance(p, str) and p in _DISCRIMINATED and _tagged_position(parts):
+            continue
+        parts.append(str(p))
     return ".".join(parts)
 
 
-_TAGS = frozenset({"str", "dict[str,list[any]]", "none"})
+def _tagged_position(parts: list[str]) -> bool:
+    """After ``credential``, ``authn.<name>`` or ``credentials.<name>`` comes a union tag."""
+    if parts and parts[-1] == "credential":
+        return True
+    return len(parts) >= 2 and parts[-2] in ("authn", "credentials")
+
+
+_TAGS = frozenset({"str", "dict[str,list[any]]"})
+_DISCRIMINATED = frozenset(
+    {
+        *AUTHN_TYPES,
+        "none",
+        "txn_token",
+        "api_key",
+        "basic",
+        "bearer_static",
+        "oauth_client_credentials",
+        "token_exchange",
+        "mtls",
+        "hmac_sign",
+        "signed_jwt",
+    }
+)
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -555,7 +850,7 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_not_found":
-        return f"'type' is required (one of {', '.join(AUTHN_TYPES)})"
+        return "'type' is required"
     if kind == "union_tag_invalid":
         ctx = err.get("ctx") or {}
         return f"unknown type {ctx.get('tag')!r} (one of {ctx.get('expected_tags')})"
@@ -567,11 +862,15 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_input=False):
         path, msg = _loc(err["loc"]), _message(err)
-        if not path and "\n" in msg:
+        if msg.startswith("<at:"):
+            inner, _, msg = msg[4:].partition("> ")
+            path = f"{path}.{inner}" if path else inner
+            out.append((path, msg))
+        elif not path:
             # Cross-field checks report "path: message" lines of their own.
             for line in msg.splitlines():
-                key, _, text = line.partition(": ")
-                out.append((key, text))
+                key, sep, text = line.partition(": ")
+                out.append((key, text) if sep else ("", line))
         else:
             out.append((path, msg))
     return out

@@ -420,23 +420,25 @@ def _worker_settings(raw: bytes, config: Path, listen: str, admin_listen: str) -
     return settings.model_copy(update={"server": server})
 
 
-async def _serve_worker(settings: Settings, index: int, ready_fd: int) -> None:
-    from gateway.app import Gateway
+async def _serve_worker(settings: Settings, index: int, ready_fd: int, config: Path) -> None:
+    from gateway.app import Gateway, install_reload
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: log.info("worker %d: SIGHUP (no reload hook in Gateway)", index)
-    )
-    # Gateway(reuse_port=True): SO_REUSEPORT on the main listener only (the admin
-    # listener has a port per worker). Passed as keywords so this module type-checks
-    # whether or not the running Gateway already has the parameter.
-    options: dict[str, Any] = {"reuse_port": True}
-    gateway = Gateway(settings, **options)
+    # SO_REUSEPORT on the main listener only (the admin listener has a port per worker);
+    # a reload keeps the ports the supervisor assigned. The supervisor validates the file
+    # and forwards SIGHUP, so workers reload on the signal and do not watch files.
+    overrides = {
+        "listen": settings.server.listen,
+        "admin_listen": settings.server.admin_listen,
+    }
+    gateway = Gateway(settings, reuse_port=True, config_path=config, server_overrides=overrides)
+    reloading: list[asyncio.Task[Any]] = []
     try:
         await gateway.start()
+        reloading = install_reload(gateway, watch=False)
         main, admin = gateway.main_address, gateway.admin_address
         log.info("worker %d (pid %d) up: main %s, admin %s", index, os.getpid(), main, admin)
         os.write(
@@ -446,6 +448,8 @@ async def _serve_worker(settings: Settings, index: int, ready_fd: int) -> None:
         os.close(ready_fd)
         await stop.wait()
     finally:
+        for task in reloading:
+            task.cancel()
         await gateway.stop()
         _ignore_signals(loop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
@@ -470,7 +474,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         settings = _worker_settings(
             sys.stdin.buffer.read(), args.config, args.listen, args.admin_listen
         )
-        asyncio.run(_serve_worker(settings, args.index, args.ready_fd))
+        asyncio.run(_serve_worker(settings, args.index, args.ready_fd, args.config))
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)

@@ -72,7 +72,9 @@ class Forwarder:
             connector=connector,
             auto_decompress=False,  # bytes pass through untouched
             cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            # Only what the client sent: aiohttp would otherwise invent a User-Agent, Accept,
+            # Accept-Encoding and, for streamed bodies, Content-Type: application/octet-stream.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
 
     async def close(self) -> None:
@@ -88,11 +90,16 @@ class Forwarder:
         *,
         route: str,
         response_headers: Mapping[str, str],
+        ssl_context: ssl.SSLContext | None = None,
     ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         length = request.content_length
         if length is not None and length > self._max_body:
             raise PayloadTooLarge()
+        if _expects_continue(request):
+            # RFC 9110 §10.1.1: every check has passed (the size one just above), so ask
+            # the client for its body now instead of letting it wait for a 100 that never comes.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         buffered = request.get(BUFFERED_BODY_KEY)
         body: bytes | AsyncIterator[bytes] | None
         if isinstance(buffered, bytes):
@@ -111,7 +118,7 @@ class Forwarder:
                 data=body,
                 allow_redirects=False,  # SECURITY: redirects go back to the caller
                 timeout=self._timeout,
-                ssl=self._ssl.get(route, True) if url.scheme == "https" else False,
+                ssl=_ssl_for(url, ssl_context or self._ssl.get(route)),
             )
         except _BodyTooLarge:
             raise PayloadTooLarge() from None
@@ -146,6 +153,18 @@ class Forwarder:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         return response
+
+
+def _ssl_for(url: URL, context: ssl.SSLContext | None) -> ssl.SSLContext | bool:
+    if url.scheme != "https":
+        return False
+    return context if context is not None else True  # True: system trust store
+
+
+def _expects_continue(request: web.BaseRequest) -> bool:
+    return request.version >= (1, 1) and any(
+        v.strip().lower() == "100-continue" for v in request.headers.getall("Expect", ())
+    )
 
 
 def _caused_by_limit(exc: BaseException) -> bool:

@@ -49,6 +49,7 @@ upstream that decodes twice would see ``%2e`` where we saw ``%252e``.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_plus
 
 from gateway.errors import InvalidPath
 
@@ -124,3 +125,19 @@ def _remove_dot_segments(path: str) -> str:
     # A final '', '.' or '..' segment denotes a directory: the output keeps its trailing '/'.
     trailing = "/" if kept and segments[-1] in ("", ".", "..") else ""
     return "/" + "/".join(kept) + trailing
+
+
+def drop_query_params(raw_query: str, names: frozenset[str]) -> str:
+    """``raw_query`` without the parameters named in ``names``; the rest kept byte for byte.
+
+    Used to remove credentials sent in the query (an API key parameter) so that neither
+    the policy input nor the upstream ever sees them.
+    """
+    if not names or not raw_query:
+        return raw_query
+    kept = [
+        pair
+        for pair in raw_query.split("&")
+        if unquote_plus(pair.partition("=")[0]) not in names
+    ]
+    return "&".join(kept)

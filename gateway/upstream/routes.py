@@ -45,6 +45,11 @@ class CompiledRoute:
     upstream: URL
     origin: str
 
+    @classmethod
+    def of(cls, route: Route) -> CompiledRoute:
+        url = URL(route.upstream)
+        return cls(route, url, str(url.origin()))
+
     @property
     def name(self) -> str:
         return self.settings.name
@@ -66,9 +71,7 @@ class CompiledRoute:
 
 class RouteTable:
     def __init__(self, routes: Sequence[Route]) -> None:
-        self._routes = tuple(
-            CompiledRoute(r, URL(r.upstream), str(URL(r.upstream).origin())) for r in routes
-        )
+        self._routes = tuple(CompiledRoute.of(r) for r in routes)
 
     def __iter__(self) -> Iterator[CompiledRoute]:
         return iter(self._routes)

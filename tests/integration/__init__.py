@@ -1,0 +1,1 @@
+"""Integration tests: the gateway on real loopback sockets (TLS, upstreams, subprocesses)."""
