@@ -16,33 +16,36 @@ import socket
 import ssl
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from gateway import tls
+from gateway.admin_api import admin_routes
 from gateway.authn.base import invalid_token
+from gateway.authn.compose import AuthnService
+from gateway.authn.jwt_bearer import JWTBearerAuthenticator
+from gateway.authz.engine import PolicyDecisionPoint, build_pdp
 from gateway.authz.exchange import exchange_input
 from gateway.context import Decision, Identity
-from gateway.errors import ConfigError, ServiceUnavailable
-from gateway.admin_api import admin_routes
-from gateway.authn.compose import AuthnService
-from gateway.authz.engine import PolicyDecisionPoint, build_pdp
-from gateway.listener import GatewayServer
-from gateway.observability.metrics import Metrics
 from gateway.credentials.manager import CredentialManager
+from gateway.errors import ConfigError, ServiceUnavailable
+from gateway.listener import GatewayServer
+from gateway.observability.audit import AuditSink
+from gateway.observability.behavior import MemoryBehaviorStore
+from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import Tracing
 from gateway.pipeline import Handler, Limits, Pipeline
+from gateway.settings import Settings, load_settings, split_listen
+from gateway.state.factory import build_state
 from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
 from gateway.tokens.service import TOKEN_PATH, ExchangeRequest, make_token_handler
-from gateway.settings import Settings, load_settings, split_listen
-from gateway.state.factory import build_state
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.routes import RouteTable
 
@@ -135,6 +138,14 @@ class Runtime:
             settings.routes,
             txn_header=settings.txn_tokens.header if settings.txn_tokens else None,
         )
+        self.tracing = Tracing.from_settings(
+            settings.telemetry, stage_timer=gateway.metrics.observe_stage
+        )
+        if self.authn is not None:
+            for method in self.authn.methods.values():
+                if isinstance(method, JWTBearerAuthenticator):
+                    for client in method.jwks_clients():
+                        client.on_refresh = gateway.metrics.jwks_refresh
         self.pipeline = gateway._pipeline(self)
 
     async def start(self) -> None:
@@ -148,6 +159,7 @@ class Runtime:
     async def close(self) -> None:
         await self.forwarder.close()
         await self.credentials.close()
+        await self.tracing.aclose()
         if self.authn is not None:
             await self.authn.close()
         if self.pdp is not None:
@@ -188,6 +200,12 @@ class Gateway:
         self.readiness = Readiness()
         self.ssl_context = tls.server_context(server.tls) if server.tls else None
         self.state = build_state(settings.state)
+        # The audit sink and the behaviour windows outlive reloads (a reload is not a reset).
+        self.audit = AuditSink.from_settings(settings.telemetry, on_drop=self.metrics.audit_dropped)
+        behavior = settings.telemetry.behavior
+        self.behavior = MemoryBehaviorStore.from_settings(behavior) if behavior.enabled else None
+        if self.behavior is not None:
+            self.metrics.watch_behavior(self.behavior.__len__)
         self.runtime = Runtime(settings, self)
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
@@ -256,6 +274,11 @@ class Gateway:
             pdp=runtime.pdp,
             minter=issuer,
             endpoints=endpoints,
+            tracing=runtime.tracing,
+            audit=self.audit,
+            behavior=self.behavior,
+            telemetry=settings.telemetry,
+            trust_domain=server.trust_domain,
         )
 
     async def reload(self) -> bool:
@@ -296,8 +319,8 @@ class Gateway:
         # In-flight requests of the old runtime finish first (bounded by drain_s).
         deadline = time.monotonic() + self.settings.server.timeouts.drain_s
         try:
-            while old.pipeline.inflight and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
+            while old.pipeline.inflight and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling a counter is cheaper than an Event per request
         finally:
             await old.close()
 
@@ -354,6 +377,7 @@ class Gateway:
     async def start(self) -> None:
         server = self.settings.server
         await self.state.start()
+        await self.audit.start()
         await self.runtime.start()
         web_server = GatewayServer(
             self._handle,
@@ -396,6 +420,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._retiring, return_exceptions=True)
         await self.runtime.close()
+        await self.audit.close()
         await self.state.close()
 
     def describe(self) -> str:

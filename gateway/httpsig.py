@@ -26,9 +26,7 @@ def signature_params(
     return f"({covered});created={created};keyid={_sf_string(keyid)};alg={_sf_string(alg)}"
 
 
-def signature_base(
-    components: Sequence[str], value_of: Callable[[str], str], params: str
-) -> bytes:
+def signature_base(components: Sequence[str], value_of: Callable[[str], str], params: str) -> bytes:
     """RFC 9421 §2.5; ``value_of`` raises KeyError for a component it cannot produce."""
     lines = [f'"{name}": {value_of(name)}' for name in components]
     lines.append(f'"@signature-params": {params}')

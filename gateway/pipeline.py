@@ -19,26 +19,29 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.context import Decision, Identity, RequestFacts
 from gateway.authz.engine import PolicyDecisionPoint
+from gateway.authz.input import build_input, policy_headers, query_params
+from gateway.context import Decision, Identity, RequestFacts
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.manager import CredentialManager
-from gateway.settings import RateLimit
+from gateway.errors import BadRequest, Forbidden, GatewayError, HeadersTooLarge, Unauthorized
+from gateway.listener import GatewayRequestHandler
+from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
+from gateway.observability.behavior import BehaviorStore, agent_key
+from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import ServerSpan, Tracing
+from gateway.render import REQUEST_ID, error_response
+from gateway.settings import RateLimit, TelemetrySettings
 from gateway.state import State
 from gateway.state.ratelimit import enforce, obligation_limit, split
 from gateway.state.revocation import Revoked, identifiers
-from gateway.authz.input import build_input, policy_headers, query_params
-from gateway.errors import BadRequest, Forbidden, GatewayError, HeadersTooLarge, Unauthorized
-from gateway.listener import GatewayRequestHandler
-from gateway.observability.metrics import Metrics
-from gateway.render import REQUEST_ID, error_response
 from gateway.upstream.forward import Forwarder
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
 from gateway.upstream.paths import drop_query_params, normalize_path
@@ -57,7 +60,9 @@ class Minter(Protocol):
 
     async def mint(
         self, identity: Identity, facts: RequestFacts, route: str, scopes: Sequence[str]
-    ) -> str: ...
+    ) -> tuple[str, str]:
+        """The signed token and its ``txn``."""
+        ...
 
 
 def inbound_token(request: web.BaseRequest, identity: Identity | None) -> str | None:
@@ -76,6 +81,56 @@ class Authenticator(Protocol):
     def scoped(self, identity: Identity) -> bool:
         """Whether the subject's credential carries scopes (a policy may then only narrow)."""
         ...
+
+
+@dataclass(slots=True)
+class Trail:
+    """What one request leaves behind for the audit record, metrics and behaviour."""
+
+    request_id: str
+    started: float
+    time_ns: int
+    method: str
+    facts: RequestFacts | None = None
+    route: str = "-"
+    identity: Identity | None = None
+    decision: Decision | None = None
+    agent: str | None = None
+    txn: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+    forwarded: bool = False
+    status: int = 500
+    reason: str = "internal_error"
+
+    def audit_input(self, seconds: float) -> AuditInput:
+        event: AuditInput = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "time_ns": self.time_ns,
+            "status": self.status,
+            "reason": self.reason,
+            "latency_s": seconds,
+            "forwarded": self.forwarded,
+        }
+        if self.facts is not None:
+            event["facts"] = self.facts
+            event["path"] = self.facts.path
+        if self.route != "-":
+            event["route"] = self.route
+        if self.identity is not None:
+            event["identity"] = self.identity
+        if self.decision is not None:
+            event["decision"] = self.decision
+        if self.agent is not None:
+            event["agent"] = self.agent
+        if self.txn is not None:
+            event["txn"] = self.txn
+        if self.trace_id is not None:
+            event["trace_id"] = self.trace_id
+        if self.span_id is not None:
+            event["span_id"] = self.span_id
+        return event
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +156,11 @@ class Pipeline:
         pdp: PolicyDecisionPoint | None = None,
         minter: Minter | None = None,
         endpoints: Mapping[str, Handler] | None = None,
+        tracing: Tracing,
+        audit: AuditSink,
+        behavior: BehaviorStore | None = None,
+        telemetry: TelemetrySettings,
+        trust_domain: str,
     ) -> None:
         self.routes = routes
         self.forwarder = forwarder
@@ -113,49 +173,104 @@ class Pipeline:
         self.minter = minter
         self.endpoints = dict(endpoints or {})
         self.inflight = 0  # requests running on this pipeline (a reload waits for zero)
+        self.tracing = tracing
+        self.audit = audit
+        self.behavior = behavior
+        self.telemetry = telemetry
+        self.trust_domain = trust_domain
         self._limits = {r.name: split(r.settings.rate_limits) for r in routes}
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Bookkeeping around :meth:`serve`: request id, span, metrics, audit, behaviour."""
         protocol = request.protocol
         if isinstance(protocol, GatewayRequestHandler):
             protocol.request_started()
-        request_id = str(uuid.uuid4())
-        started = time.perf_counter()
         self.inflight += 1
-        route_name, status, reason = "-", 500, "internal_error"
+        trail = Trail(str(uuid.uuid4()), time.perf_counter(), time.time_ns(), request.method)
         try:
-            facts = self.observe(request, request_id)
-            endpoint = self.endpoints.get(facts.path)
-            if endpoint is not None:  # the gateway's own: JWKS, the Token Service
-                route_name = facts.path
-                response = await endpoint(request)
-                response.headers.update({REQUEST_ID: request_id, **SERVER_HEADER})
-                status, reason = response.status, "ok"
+            try:
+                facts = trail.facts = self.observe(request, trail.request_id)
+            except GatewayError as exc:
+                return self.refuse(exc, trail)
+            version = f"{request.version.major}.{request.version.minor}"
+            with self.tracing.server_span(
+                facts,
+                carrier=request.headers,
+                trusted=self.trusted(facts),
+                protocol_version=version,
+            ) as span:
+                trail.trace_id = span.trace_id
+                trail.span_id = span.span_id if span.recording else None
+                try:
+                    response = await self.serve(request, facts, trail, span)
+                    trail.status, trail.reason = response.status, "ok"
+                except GatewayError as exc:
+                    response = self.refuse(exc, trail)
+                span.finish(trail.status, reason=trail.reason)
                 return response
-            route = self.routes.match(facts.method, facts.host, facts.path)
-            route_name = route.name
-            pre, post = self._limits[route.name]
-            await enforce(self.state.limiter, route.name, pre, facts, None)
-            identity = await self.authenticate(route, request, facts)
-            await self.screen(route, facts, identity, post)
-            decision = await self.decide(route, request, facts, identity)
-            await self.obey(route, facts, identity, decision)
-            txn_token = await self.mint(route, facts, identity, decision)
-            response = await self.forward(request, facts, route, identity, decision, txn_token)
-            status, reason = response.status, "ok"
-            return response
-        except GatewayError as exc:
-            status, reason = exc.status, exc.reason
-            if exc.detail:
-                log.info("request %s refused: %s (%s)", request_id, exc.reason, exc.detail)
-            response = error_response(exc, request_id)
-            response.headers.update(SERVER_HEADER)
-            return response
         finally:
             self.inflight -= 1
             if isinstance(protocol, GatewayRequestHandler):
                 protocol.request_finished()
-            self.metrics.observe_request(route_name, status, reason, time.perf_counter() - started)
+            await self.account(trail)
+
+    async def serve(
+        self, request: web.BaseRequest, facts: RequestFacts, trail: Trail, span: ServerSpan
+    ) -> web.StreamResponse:
+        """THE ORDER. Each stage returns what the next needs or raises a GatewayError."""
+        endpoint = self.endpoints.get(facts.path)
+        if endpoint is not None:  # the gateway's own: JWKS, the Token Service
+            trail.route = facts.path
+            span.set_route("gateway", facts.path)
+            response = await endpoint(request)
+            response.headers.update({REQUEST_ID: facts.request_id, **SERVER_HEADER})
+            return response
+        route = self.routes.match(facts.method, facts.host, facts.path)
+        trail.route = route.name
+        span.set_route(route.name, route.settings.match.path_prefix)
+        pre, post = self._limits[route.name]
+        await enforce(self.state.limiter, route.name, pre, facts, None)
+        identity = trail.identity = await self.authenticate(route, request, facts)
+        await self.screen(route, facts, identity, post)
+        decision = await self.decide(route, request, facts, identity, trail)
+        await self.obey(route, facts, identity, decision)
+        txn_token = await self.mint(route, facts, identity, decision, trail)
+        response = await self.forward(request, facts, route, identity, decision, txn_token)
+        trail.forwarded = True
+        return response
+
+    def refuse(self, exc: GatewayError, trail: Trail) -> web.Response:
+        trail.status, trail.reason = exc.status, exc.reason
+        if exc.detail:
+            log.info("request %s refused: %s (%s)", trail.request_id, exc.reason, exc.detail)
+        if exc.status == 429:
+            self.metrics.rate_limited(trail.route)
+        response = error_response(exc, trail.request_id)
+        response.headers.update(SERVER_HEADER)
+        return response
+
+    def trusted(self, facts: RequestFacts) -> bool:
+        """May this caller's traceparent start our trace? Internal workloads always may."""
+        if self.telemetry.trust_inbound_trace:
+            return True
+        peer = facts.peer
+        return peer is not None and peer.trust_domain == self.trust_domain
+
+    async def account(self, trail: Trail) -> None:
+        seconds = time.perf_counter() - trail.started
+        self.metrics.observe_request(trail.route, trail.status, trail.reason, seconds)
+        decision = trail.decision
+        if self.behavior is not None and trail.agent is not None:
+            try:
+                await self.behavior.record(
+                    trail.agent,
+                    route=trail.route,
+                    status=trail.status,
+                    denied=decision is not None and not decision.allow,
+                )
+            except GatewayError as exc:  # a shared store that is down: the request is done
+                log.warning("behaviour not recorded: %s", exc.reason)
+        self.audit.emit(AuditRecord.build(trail.audit_input(seconds)))
 
     # ------------------------------------------------------------------ stages
 
@@ -210,12 +325,15 @@ class Pipeline:
     async def authenticate(
         self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
     ) -> Identity | None:
-        if route.settings.authn is None:
-            return None  # a public route: no credential is asked for or looked at
-        if self.authenticator is None:
-            # SECURITY: a route that demands authentication never forwards unauthenticated.
-            raise Unauthorized("no authenticator configured", reason="authn_missing")
-        return await self.authenticator.authenticate(route, request, facts)
+        with self.tracing.stage_span("authenticate", route=route.name) as stage:
+            if route.settings.authn is None:
+                return None  # a public route: no credential is asked for or looked at
+            if self.authenticator is None:
+                # SECURITY: a route that demands authentication never forwards unauthenticated.
+                raise Unauthorized("no authenticator configured", reason="authn_missing")
+            identity = await self.authenticator.authenticate(route, request, facts)
+            stage.annotate(subject=identity.principal.subject)
+        return identity
 
     async def screen(
         self,
@@ -243,9 +361,7 @@ class Pipeline:
             return
         limit = obligation_limit(decision.obligations)
         if limit is not None:
-            await enforce(
-                self.state.limiter, route.name + "|obligation", (limit,), facts, identity
-            )
+            await enforce(self.state.limiter, route.name + "|obligation", (limit,), facts, identity)
 
     async def decide(
         self,
@@ -253,22 +369,40 @@ class Pipeline:
         request: web.BaseRequest,
         facts: RequestFacts,
         identity: Identity | None,
+        trail: Trail,
     ) -> Decision | None:
         if self.pdp is None:
             # No PDP configured: the operator runs the gateway as an authenticating proxy.
             return None
+        behavior = None
+        if self.behavior is not None:
+            trail.agent = agent_key(identity, facts.peer)
+            if trail.agent is not None:
+                behavior = await self.behavior.snapshot(trail.agent)
         document = build_input(
             facts,
             route,
             identity,
             policy_headers(request.headers, route.settings.policy_headers),
             query_params(facts.raw_query),
+            behavior=behavior,
         )
         scopes: tuple[str, ...] | None = None
-        if identity is not None and self.authenticator is not None:
-            if self.authenticator.scoped(identity):
-                scopes = identity.principal.scopes
-        decision = await self.pdp.decide(document, scopes)
+        authenticator = self.authenticator
+        if identity is not None and authenticator is not None and authenticator.scoped(identity):
+            scopes = identity.principal.scopes
+        engine = self.pdp.engine.name
+        with self.tracing.stage_span("decide", route=route.name) as stage:
+            started = time.perf_counter()
+            try:
+                decision = trail.decision = await self.pdp.decide(document, scopes)
+            except GatewayError as exc:
+                self.metrics.observe_pdp(engine, time.perf_counter() - started, "error")
+                self.metrics.pdp_error(engine, exc.reason)
+                raise
+            outcome = "allow" if decision.allow else "deny"
+            self.metrics.observe_pdp(engine, time.perf_counter() - started, outcome)
+            stage.annotate(decision_id=decision.decision_id, decision=decision.allow)
         if not decision.allow:
             raise denial(decision)
         return decision
@@ -279,6 +413,7 @@ class Pipeline:
         facts: RequestFacts,
         identity: Identity | None,
         decision: Decision | None,
+        trail: Trail,
     ) -> str | None:
         """The downscoped Txn-Token of this transaction (none for anonymous requests)."""
         if self.minter is None or identity is None:
@@ -286,7 +421,11 @@ class Pipeline:
         scopes = identity.principal.scopes
         if decision is not None and decision.scopes is not None:
             scopes = decision.scopes  # already intersected with the subject's by the PDP
-        return await self.minter.mint(identity, facts, route.name, scopes)
+        with self.tracing.stage_span("mint", route=route.name) as stage:
+            token, trail.txn = await self.minter.mint(identity, facts, route.name, scopes)
+            stage.annotate(txn=trail.txn)
+        self.metrics.txn_token_minted(route.name)
+        return token
 
     async def forward(
         self,
@@ -305,20 +444,29 @@ class Pipeline:
                     headers[name] = value
         if txn_token is not None and route.settings.send_txn_token and self.minter is not None:
             headers[self.minter.header] = txn_token
-        out = Outbound(
-            request.method, route.upstream_url(facts.path, facts.raw_query), headers
-        )
+        out = Outbound(request.method, route.upstream_url(facts.path, facts.raw_query), headers)
         converter = self.credentials.select(route.name, decision.credential if decision else None)
         context = ConvertContext(facts, identity, txn_token, inbound_token(request, identity))
-        await converter.apply(out, context)
-        return await self.forwarder.forward(
-            request,
-            out.url,
-            out.headers,
-            route=route.name,
-            ssl_context=out.ssl_context,
-            response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
-        )
+        with self.tracing.stage_span("convert", route=route.name):
+            await converter.apply(out, context)
+        with self.tracing.client_span(
+            request.method, out.url, route=route.name, headers=out.headers
+        ) as client:
+            try:
+                response = await self.forwarder.forward(
+                    request,
+                    out.url,
+                    out.headers,
+                    route=route.name,
+                    ssl_context=out.ssl_context,
+                    response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
+                )
+            except GatewayError as exc:
+                if exc.status in (502, 504):
+                    self.metrics.upstream_error(route.name, exc.reason)
+                raise
+            client.set_status(response.status)
+        return response
 
     def upstream_headers(self, request: web.BaseRequest, facts: RequestFacts) -> CIMultiDict[str]:
         headers = sanitize_request_headers(request.headers, extra_strip=self.limits.strip_headers)
@@ -355,8 +503,10 @@ def denial(decision: Decision) -> GatewayError:
 
 def _scope_token(value: object) -> bool:
     # RFC 6749 §3.3 scope-token: printable ASCII except space, quote and backslash.
-    return isinstance(value, str) and bool(value) and all(
-        0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in value
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in value)
     )
 
 

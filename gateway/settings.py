@@ -629,7 +629,7 @@ class TokenExchangeCredential(Strict):
     audience: str | None = None
     resource: str | None = None
     scope: str | None = None
-    requested_token_type: str = "urn:ietf:params:oauth:token-type:access_token"
+    requested_token_type: str = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
     timeout_s: float = Field(2.0, gt=0)
     max_cache_entries: int = Field(10_000, ge=0)
 
@@ -785,9 +785,9 @@ class Settings(Strict):
             if route.authn is not None:
                 for name in sorted(tree_names(route.authn) - set(self.authn)):
                     problems.append(f"routes.{i}.authn: method {name!r} is not defined in authn")
-        if self.txn_tokens is not None and self.txn_tokens.token_service_clients:
-            if self.pdp is None:
-                problems.append("txn_tokens.token_service_clients: POST /token needs a pdp")
+        tts = self.txn_tokens is not None and self.txn_tokens.token_service_clients
+        if tts and self.pdp is None:
+            problems.append("txn_tokens.token_service_clients: POST /token needs a pdp")
         if self.txn_tokens is None:
             for name, method in self.authn.items():
                 if isinstance(method, TxnTokenMethod):

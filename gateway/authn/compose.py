@@ -187,9 +187,14 @@ class AuthnService:
         key = id(tree)
         cached = self._challenges.get(key)
         if cached is None:
-            offered = [challenge("Bearer", realm=REALM)]
+            bearer = challenge("Bearer", realm=REALM)
+            offered = [bearer]
             for name in _names_in_order(tree):
                 extra = self.methods[name].challenge()
+                # The bearer method's own challenge starts with the same Bearer challenge
+                # (then DPoP): offer each challenge once (RFC 9110 §11.6.1).
+                if extra and (extra == bearer or extra.startswith(bearer + ", ")):
+                    extra = extra[len(bearer) + 2 :]
                 if extra and extra not in offered:
                     offered.append(extra)
             cached = self._challenges[key] = ", ".join(offered)

@@ -169,6 +169,8 @@ class JWKSClient:
         self._task: asyncio.Task[None] | None = None
         self.refreshes = 0  # successful fetches (metrics)
         self.refresh_failures = 0
+        # Called with (issuer name, ok) after every fetch; the app points it at the metrics.
+        self.on_refresh: Callable[[str, bool], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -272,6 +274,7 @@ class JWKSClient:
             keys = JWKSet(document, allowed_algs=self.issuer.algorithms)
         except (_FetchError, TokenError) as exc:
             self.refresh_failures += 1
+            self._report(ok=False)
             log.warning("JWKS refresh for issuer %s failed: %s", self.issuer.name, exc)
             return
         ttl = parse_cache_control(
@@ -282,7 +285,12 @@ class JWKSClient:
         )
         self._keys, self._expires_at = keys, self._clock() + ttl
         self.refreshes += 1
+        self._report(ok=True)
         log.info("JWKS for issuer %s: %d keys, fresh for %.0fs", self.issuer.name, len(keys), ttl)
+
+    def _report(self, *, ok: bool) -> None:
+        if self.on_refresh is not None:
+            self.on_refresh(self.issuer.name, ok)
 
     def _load_file(self, path: Path) -> None:
         try:

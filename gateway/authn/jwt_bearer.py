@@ -190,6 +190,9 @@ class JWTBearerAuthenticator:
         for client in self._owned:
             await client.close()
 
+    def jwks_clients(self) -> list[JWKSClient]:
+        return list(self._jwks.values())
+
     def ready(self) -> bool:
         return all(client.ready() for client in self._jwks.values())
 
@@ -252,7 +255,7 @@ class JWTBearerAuthenticator:
             cache_key = hashlib.sha256(token.encode("ascii")).digest()
             entry = self._cache.get(cache_key)
             if entry is not None:
-                if self._clock() < entry.until:
+                if self._clock() < entry.until and self._keys_usable(entry):
                     return entry
                 del self._cache[cache_key]
         jws = _jws_or_none(token, self.cfg.max_token_bytes, self._headers)
@@ -281,6 +284,13 @@ class JWTBearerAuthenticator:
         now = self._clock()
         exp = check_jwt_claims(claims, issuer, now)
         return self._result(claims, issuer, until=min(exp, now + MAX_CACHE_S))
+
+    def _keys_usable(self, entry: _Verified) -> bool:
+        """A cached verification is only as good as the key set that made it: once the
+        issuer's JWKS is stale beyond ``max_stale_s``, verify again (which fails closed)."""
+        issuer = self._by_iss.get(entry.principal.issuer or "")
+        client = self._jwks.get(issuer.name) if issuer is not None else None
+        return client is None or client.ready()
 
     def _expected_typ(self, issuer: Issuer) -> str | None:
         """The normalised ``typ`` required of this issuer's tokens; None when relaxed."""

@@ -45,10 +45,12 @@ class SignedJWTConverter:
         self.name = name
         self._cfg = cfg
         key = serialization.load_pem_private_key(cfg.key.read_bytes(), password=None)
-        expected = ec.EllipticCurvePrivateKey if cfg.algorithm == "ES256" else ed25519.Ed25519PrivateKey
-        if not isinstance(key, expected):
+        if cfg.algorithm == "ES256" and isinstance(key, ec.EllipticCurvePrivateKey):
+            self._key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = key
+        elif cfg.algorithm == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
+            self._key = key
+        else:
             raise ValueError(f"{cfg.key}: not a key for {cfg.algorithm}")
-        self._key = key
 
     async def start(self) -> None:
         return None

@@ -35,9 +35,9 @@ from gateway.settings import OAuthClientCredentials, Secret, TokenExchangeCreden
 
 log = logging.getLogger("agentgate.credentials")
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-TXN_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:txn_token"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+TXN_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:txn_token"  # noqa: S105
 _MAX_BODY = 256 * 1024
 
 

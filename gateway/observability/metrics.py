@@ -2,15 +2,43 @@
 
 Each :class:`Metrics` owns its own registry, so several gateways (tests, the
 demo) can live in one process. Labels are bounded by configuration: route
-names, HTTP status codes and the stable reason codes of ``gateway.errors``;
-never a subject, path or address (unbounded cardinality).
+names, issuer names, HTTP status codes, pipeline stage names and the stable
+reason codes of ``gateway.errors``; never a subject, agent, path, address or
+token (unbounded cardinality, and private).
+
+| metric                                | type      | labels                | recorded by         |
+|---------------------------------------|-----------|-----------------------|---------------------|
+| `agentgate_requests_total`            | counter   | route, status, reason | `observe_request`   |
+| `agentgate_request_duration_seconds`  | histogram | route, status         | `observe_request`   |
+| `agentgate_stage_duration_seconds`    | histogram | stage                 | `observe_stage` (1) |
+| `agentgate_pdp_duration_seconds`      | histogram | engine                | `observe_pdp`       |
+| `agentgate_pdp_decisions_total`       | counter   | engine, outcome (2)   | `observe_pdp`       |
+| `agentgate_pdp_errors_total`          | counter   | engine, kind (3)      | `pdp_error`         |
+| `agentgate_jwks_refreshes_total`      | counter   | issuer, outcome (4)   | `jwks_refresh`      |
+| `agentgate_upstream_errors_total`     | counter   | route, kind (5)       | `upstream_error`    |
+| `agentgate_txn_tokens_minted_total`   | counter   | route                 | `txn_token_minted`  |
+| `agentgate_rate_limited_total`        | counter   | route                 | `rate_limited`      |
+| `agentgate_audit_dropped_total`       | counter   |                       | `audit_dropped` (6) |
+| `agentgate_behavior_agents`           | gauge     |                       | `watch_behavior`    |
+
+(1) called by ``Tracing.stage_span`` when built with ``stage_timer=metrics.observe_stage``.
+(2) ``allow``, ``deny``, ``error``. (3) e.g. ``timeout``, ``unavailable``, ``malformed``.
+(4) ``ok``, ``error``. (5) the reason code: ``upstream_timeout``, ``upstream_unavailable``.
+(6) ``AuditSink(on_drop=metrics.audit_dropped)``.
+
+A stage name outside :data:`STAGE_LABELS` is recorded as ``other`` so a typo can
+never create a new series per request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -37,6 +65,28 @@ _LATENCY_BUCKETS = (
     10.0,
     30.0,
 )
+# Stages are sub-millisecond when warm; the low buckets matter there.
+_STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+
+STAGE_LABELS = frozenset(
+    {"observe", "route", "authenticate", "enrich", "decide", "mint", "convert", "forward"}
+)
+PDP_OUTCOMES = frozenset({"allow", "deny", "error"})
 
 
 class Metrics:
@@ -44,24 +94,131 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
         self.requests = Counter(
             "agentgate_requests",
             "Requests handled by the main listener.",
             ("route", "status", "reason"),
-            registry=self.registry,
+            registry=r,
         )
         self.latency = Histogram(
             "agentgate_request_duration_seconds",
             "Time from request head to the end of the gateway's handling.",
             ("route", "status"),
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=r,
         )
+        self.stage_latency = Histogram(
+            "agentgate_stage_duration_seconds",
+            "Time spent in one pipeline stage (authenticate, decide, mint, convert...).",
+            ("stage",),
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.pdp_latency = Histogram(
+            "agentgate_pdp_duration_seconds",
+            "Time to obtain one decision from the PDP (cache misses only).",
+            ("engine",),
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.pdp_decisions = Counter(
+            "agentgate_pdp_decisions",
+            "PDP evaluations by outcome (allow, deny, error).",
+            ("engine", "outcome"),
+            registry=r,
+        )
+        self.pdp_errors = Counter(
+            "agentgate_pdp_errors",
+            "PDP failures by kind (timeout, unavailable, malformed...); each one fails closed.",
+            ("engine", "kind"),
+            registry=r,
+        )
+        self.jwks_refreshes = Counter(
+            "agentgate_jwks_refreshes",
+            "JWKS fetches by issuer and outcome (ok, error).",
+            ("issuer", "outcome"),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "agentgate_upstream_errors",
+            "Upstream calls that failed before a response, by kind (reason code).",
+            ("route", "kind"),
+            registry=r,
+        )
+        self.txn_tokens = Counter(
+            "agentgate_txn_tokens_minted",
+            "Transaction Tokens minted for upstream calls.",
+            ("route",),
+            registry=r,
+        )
+        self.rate_limited_requests = Counter(
+            "agentgate_rate_limited",
+            "Requests refused with 429 by a route's rate limit.",
+            ("route",),
+            registry=r,
+        )
+        self.audit_dropped_records = Counter(
+            "agentgate_audit_dropped",
+            "Audit records dropped because the audit queue was full.",
+            registry=r,
+        )
+        self._stages: dict[str, Any] = {}
+        self._behavior_agents = Gauge(
+            "agentgate_behavior_agents",
+            "Agents currently tracked by the behaviour store.",
+            registry=r,
+        )
+
+    # ------------------------------------------------------------------ pipeline
 
     def observe_request(self, route: str, status: int, reason: str, seconds: float) -> None:
         code = str(status)
         self.requests.labels(route, code, reason).inc()
         self.latency.labels(route, code).observe(seconds)
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Matches :class:`gateway.observability.tracing.StageTimer` (several calls a request:
+        the labelled children are cached, which halves the cost of an observation)."""
+        child = self._stages.get(stage)
+        if child is None:
+            label = stage if stage in STAGE_LABELS else "other"
+            child = self.stage_latency.labels(label)
+            if label != "other":
+                self._stages[stage] = child
+        child.observe(seconds)
+
+    def upstream_error(self, route: str, kind: str) -> None:
+        self.upstream_errors.labels(route, kind).inc()
+
+    def rate_limited(self, route: str) -> None:
+        self.rate_limited_requests.labels(route).inc()
+
+    # ------------------------------------------------------------------ stages' own
+
+    def observe_pdp(self, engine: str, seconds: float, outcome: str) -> None:
+        """One PDP evaluation: ``outcome`` is allow, deny or error."""
+        self.pdp_latency.labels(engine).observe(seconds)
+        self.pdp_decisions.labels(engine, outcome if outcome in PDP_OUTCOMES else "error").inc()
+
+    def pdp_error(self, engine: str, kind: str) -> None:
+        self.pdp_errors.labels(engine, kind).inc()
+
+    def jwks_refresh(self, issuer: str, ok: bool) -> None:
+        self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()
+
+    def txn_token_minted(self, route: str) -> None:
+        self.txn_tokens.labels(route).inc()
+
+    def audit_dropped(self) -> None:
+        """Matches ``AuditSink(on_drop=...)``."""
+        self.audit_dropped_records.inc()
+
+    def watch_behavior(self, size: Callable[[], int]) -> None:
+        """Report ``size()`` (tracked agents) at every scrape."""
+        self._behavior_agents.set_function(lambda: float(size()))
+
+    # ------------------------------------------------------------------ exposition
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

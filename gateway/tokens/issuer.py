@@ -35,12 +35,14 @@ class TxnTokenIssuer:
 
     async def mint(
         self, identity: Identity, facts: RequestFacts, route: str, scopes: Sequence[str]
-    ) -> str:
+    ) -> tuple[str, str]:
+        """The signed Txn-Token and its ``txn`` (for the audit record)."""
         txn = continued_txn(identity, self._txn_methods)
-        if txn is not None and self._replay is not None:
-            # SECURITY: one crossing of each route per transaction when replay_check is on.
-            if not await self._replay.first_use(f"txn:{txn}:{route}", self._ttl_s):
-                raise invalid_token("transaction already used on this route")
-        return self.minter.mint(
+        # SECURITY: one crossing of each route per transaction when replay_check is on.
+        replay, key = self._replay, f"txn:{txn}:{route}"
+        if txn is not None and replay is not None and not await replay.first_use(key, self._ttl_s):
+            raise invalid_token("transaction already used on this route")
+        claims = self.minter.mint_claims(
             identity=identity, facts=facts, route_name=route, scopes=scopes, txn=txn
         )
+        return self.minter.sign(claims), str(claims["txn"])

@@ -136,8 +136,6 @@ def drop_query_params(raw_query: str, names: frozenset[str]) -> str:
     if not names or not raw_query:
         return raw_query
     kept = [
-        pair
-        for pair in raw_query.split("&")
-        if unquote_plus(pair.partition("=")[0]) not in names
+        pair for pair in raw_query.split("&") if unquote_plus(pair.partition("=")[0]) not in names
     ]
     return "&".join(kept)

@@ -16,8 +16,9 @@ window(overrides) := object.union(
 )
 
 test_quiet_agent_is_not_denied if {
-	count(behavior.deny) == 0 with input.behavior as window({"requests": 12, "distinct_routes": 2})
-	not behavior.anomalous with input.behavior as window({"requests": 12})
+	w := window({"requests": 12, "distinct_routes": 2})
+	count(behavior.deny) == 0 with input.behavior as w
+	not behavior.anomalous with input.behavior as w
 }
 
 test_missing_behavior_is_never_denied if {
@@ -27,16 +28,19 @@ test_missing_behavior_is_never_denied if {
 }
 
 test_deny_burst_at_threshold if {
-	behavior.deny == {"behavior:deny_burst"} with input.behavior as window({"requests": 20, "denies": 10, "deny_rate": 0.5})
-	behavior.anomalous with input.behavior as window({"requests": 20, "denies": 10, "deny_rate": 0.5})
+	w := window({"requests": 20, "denies": 10, "deny_rate": 0.5})
+	behavior.deny == {"behavior:deny_burst"} with input.behavior as w
+	behavior.anomalous with input.behavior as w
 }
 
 test_deny_burst_needs_the_rate if {
-	count(behavior.deny) == 0 with input.behavior as window({"requests": 30, "denies": 12, "deny_rate": 0.4})
+	w := window({"requests": 30, "denies": 12, "deny_rate": 0.4})
+	count(behavior.deny) == 0 with input.behavior as w
 }
 
 test_deny_burst_needs_the_count if {
-	count(behavior.deny) == 0 with input.behavior as window({"requests": 9, "denies": 9, "deny_rate": 1})
+	w := window({"requests": 9, "denies": 9, "deny_rate": 1})
+	count(behavior.deny) == 0 with input.behavior as w
 }
 
 test_request_flood_is_strictly_more_than_the_limit if {
@@ -45,13 +49,17 @@ test_request_flood_is_strictly_more_than_the_limit if {
 }
 
 test_error_burst if {
-	behavior.deny == {"behavior:error_burst"} with input.behavior as window({"requests": 30, "errors": 20, "error_rate": 0.6667})
-	count(behavior.deny) == 0 with input.behavior as window({"requests": 100, "errors": 20, "error_rate": 0.2})
+	burst := window({"requests": 30, "errors": 20, "error_rate": 0.6667})
+	behavior.deny == {"behavior:error_burst"} with input.behavior as burst
+	diluted := window({"requests": 100, "errors": 20, "error_rate": 0.2})
+	count(behavior.deny) == 0 with input.behavior as diluted
 }
 
 test_route_scan if {
-	behavior.deny == {"behavior:route_scan"} with input.behavior as window({"requests": 21, "distinct_routes": 21})
-	count(behavior.deny) == 0 with input.behavior as window({"requests": 20, "distinct_routes": 20})
+	scan := window({"requests": 21, "distinct_routes": 21})
+	behavior.deny == {"behavior:route_scan"} with input.behavior as scan
+	wide := window({"requests": 20, "distinct_routes": 20})
+	count(behavior.deny) == 0 with input.behavior as wide
 }
 
 test_thresholds_from_data_override_defaults_key_by_key if {
