@@ -39,7 +39,7 @@ from gateway.observability.audit import AuditSink
 from gateway.observability.behavior import MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
-from gateway.pipeline import Handler, Limits, Pipeline
+from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
 from gateway.settings import Settings, load_settings, split_listen
 from gateway.state.factory import build_state
 from gateway.tokens.issuer import TxnTokenIssuer
@@ -346,7 +346,7 @@ class Gateway:
         """Ask the PDP about ``POST /token`` (action ``token.exchange``)."""
         if self.pdp is None:  # settings validation requires a PDP for the Token Service
             raise ServiceUnavailable("no PDP for token exchange", reason="pdp_unavailable")
-        facts = self.pipeline.observe(request, str(uuid.uuid4()))
+        facts = request.get(FACTS_KEY) or self.pipeline.observe(request, str(uuid.uuid4()))
         document = exchange_input(
             facts,
             kind=exchange.kind,

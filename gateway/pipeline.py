@@ -53,6 +53,9 @@ SERVER_HEADER = {"Server": "agentgate"}
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# The facts ``observe`` built, for the gateway's own endpoints: POST /token asks the PDP,
+# whose input and decision log must carry this request's id (DESIGN.md §7).
+FACTS_KEY = web.RequestKey("agentgate.facts", RequestFacts)
 
 
 class Minter(Protocol):
@@ -222,6 +225,7 @@ class Pipeline:
         if endpoint is not None:  # the gateway's own: JWKS, the Token Service
             trail.route = facts.path
             span.set_route("gateway", facts.path)
+            request[FACTS_KEY] = facts
             response = await endpoint(request)
             response.headers.update({REQUEST_ID: facts.request_id, **SERVER_HEADER})
             return response

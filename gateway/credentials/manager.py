@@ -72,7 +72,8 @@ class CredentialManager:
             table: dict[str, Converter] = {}
             if route.credential is not None:
                 table[DEFAULT] = build_converter(DEFAULT, route.credential, txn_header)
-            elif txn_header is not None:
+            elif txn_header is not None and route.authn is not None:
+                # A public route (no authn) never has a Txn-Token to send.
                 table[DEFAULT] = TxnTokenConverter(DEFAULT, txn_header)
             else:
                 table[DEFAULT] = NoConverter(DEFAULT)

@@ -38,6 +38,12 @@ class TxnTokenIssuer:
     ) -> tuple[str, str]:
         """The signed Txn-Token and its ``txn`` (for the audit record)."""
         txn = continued_txn(identity, self._txn_methods)
+        if txn is not None:
+            exp = identity.principal.expires_at
+            # SECURITY: SPECS.md §1.6/§1.8 -- never issue from an expired Txn-Token, not even
+            # within the verifier's clock-skew leeway (POST /token refuses it the same way).
+            if exp is None or self.minter.now() >= exp:
+                raise invalid_token("transaction token expired")
         # SECURITY: one crossing of each route per transaction when replay_check is on.
         replay, key = self._replay, f"txn:{txn}:{route}"
         if txn is not None and replay is not None and not await replay.first_use(key, self._ttl_s):

@@ -328,6 +328,14 @@ class TxnTokenMinter:
             for name in ("req_ip", "authn"):
                 if name in parent_rctx:
                     rctx[name] = parent_rctx[name]
+            # SPECS.md §1.8: keep the requester chain of the presented token; a token that
+            # a workload obtained from POST /token adds that workload to it.
+            chain = parent_rctx.get("req_wl_chain")
+            chain = [str(x) for x in chain] if isinstance(chain, list) else []
+            if parent.get("req_wl") != self.gateway_spiffe_id:
+                chain.append(str(parent.get("req_wl", "")))
+            if chain:
+                rctx["req_wl_chain"] = chain[-(MAX_REPLACEMENTS + 1) :]
             hop = (parent_rctx.get("a2a") or {}).get("hop")
             a2a["hop"] = (hop if isinstance(hop, int) and not isinstance(hop, bool) else 1) + 1
             rctx["request"] = {"route": route_name, "method": facts.method, "path": facts.path}

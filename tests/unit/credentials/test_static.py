@@ -31,7 +31,10 @@ def _ctx(txn: str | None = "txn.jwt.value") -> ConvertContext:
 
 
 def _manager(tmp_path: Path, route: dict[str, Any], *, txn: bool = False) -> CredentialManager:
-    data: dict[str, Any] = {"routes": [{"name": "r", "upstream": "http://127.0.0.1:9", **route}]}
+    data: dict[str, Any] = {
+        "authn": {"mtls": {}},
+        "routes": [{"name": "r", "upstream": "http://127.0.0.1:9", **route}],
+    }
     settings = parse_settings(data, tmp_path)
     return CredentialManager(settings.routes, txn_header="Txn-Token" if txn else None)
 
@@ -103,7 +106,7 @@ def test_secret_repr_never_shows_value(tmp_path: Path) -> None:
 
 
 async def test_default_is_txn_token_when_minting(tmp_path: Path) -> None:
-    manager = _manager(tmp_path, {}, txn=True)
+    manager = _manager(tmp_path, {"authn": "mtls"}, txn=True)
     out = _out()
     await manager.select("r", None).apply(out, _ctx("minted"))
     assert out.headers.getall("Txn-Token") == ["minted"]
@@ -111,9 +114,17 @@ async def test_default_is_txn_token_when_minting(tmp_path: Path) -> None:
 
 
 async def test_txn_token_missing_fails_closed(tmp_path: Path) -> None:
-    manager = _manager(tmp_path, {}, txn=True)
+    manager = _manager(tmp_path, {"authn": "mtls"}, txn=True)
     with pytest.raises(ServiceUnavailable):
         await manager.select("r", None).apply(_out(), _ctx(None))
+
+
+async def test_default_is_none_on_a_public_route(tmp_path: Path) -> None:
+    manager = _manager(tmp_path, {"tags": ["public"]}, txn=True)
+    out = _out()
+    await manager.select("r", None).apply(out, _ctx(None))
+    assert dict(out.headers) == {}
+    assert not manager.uses_txn_token("r", None)
 
 
 async def test_default_is_none_without_minting(tmp_path: Path) -> None:
