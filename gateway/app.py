@@ -36,12 +36,13 @@ from gateway.credentials.manager import CredentialManager
 from gateway.errors import ConfigError, ServiceUnavailable
 from gateway.listener import GatewayServer
 from gateway.observability.audit import AuditSink
-from gateway.observability.behavior import MemoryBehaviorStore
+from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
 from gateway.settings import Settings, load_settings, split_listen
 from gateway.state.factory import build_state
+from gateway.state.redis import RedisBehaviorStore, RedisState
 from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
@@ -202,10 +203,7 @@ class Gateway:
         self.state = build_state(settings.state)
         # The audit sink and the behaviour windows outlive reloads (a reload is not a reset).
         self.audit = AuditSink.from_settings(settings.telemetry, on_drop=self.metrics.audit_dropped)
-        behavior = settings.telemetry.behavior
-        self.behavior = MemoryBehaviorStore.from_settings(behavior) if behavior.enabled else None
-        if self.behavior is not None:
-            self.metrics.watch_behavior(self.behavior.__len__)
+        self.behavior = self._behavior_store(settings)
         self.runtime = Runtime(settings, self)
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
@@ -215,6 +213,18 @@ class Gateway:
         self._runners: list[web.BaseRunner] = []
         self.main_address: tuple[str, int] | None = None
         self.admin_address: tuple[str, int] | None = None
+
+    def _behavior_store(self, settings: Settings) -> BehaviorStore | None:
+        behavior = settings.telemetry.behavior
+        if not behavior.enabled:
+            return None
+        if isinstance(self.state, RedisState):  # shared by every worker and node
+            return RedisBehaviorStore(
+                self.state.link, settings.state.key_prefix, window_s=behavior.window_s
+            )
+        store = MemoryBehaviorStore.from_settings(behavior)
+        self.metrics.watch_behavior(store.__len__)
+        return store
 
     # The current runtime's parts, for callers that hold the Gateway.
     @property

@@ -34,8 +34,8 @@ from tests.support import closed_port
 
 pytestmark = pytest.mark.integration
 
-CC_SECRET = "cc-test-secret"  # noqa: S105 - realm.json fixture values
-GW_SECRET = "gw-test-secret"  # noqa: S105
+CC_SECRET = "cc-test-secret"
+GW_SECRET = "gw-test-secret"
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,9 @@ async def test_client_credentials_token_is_fetched_and_cached(keycloak: Keycloak
     claims = _claims(first)
     assert claims["iss"] == keycloak.issuer
     assert claims["azp"] == "billing-backend-client"
-    assert "billing-backend" in (claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]])
+    assert "billing-backend" in (
+        claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+    )
     assert second == first  # served from the cache, not fetched again
 
 
@@ -139,7 +141,8 @@ async def test_client_credentials_wrong_secret_is_503_without_leaking(keycloak: 
     finally:
         await conv.close()
     assert info.value.status == 503
-    assert "wrong" not in str(info.value) and "wrong" not in info.value.public
+    assert "wrong" not in str(info.value)
+    assert "wrong" not in info.value.public
 
 
 async def test_token_exchange_for_backend_audience(keycloak: Keycloak) -> None:

@@ -138,9 +138,11 @@ async def test_invalid_config_is_refused_and_old_one_keeps_serving(
         moved["server"]["listen"] = "127.0.0.1:1"
         _write(path, moved)
         assert not await gw.reload()
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url, headers={"X-API-Key": API_KEY}) as resp:
-                assert resp.status == 200
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(url, headers={"X-API-Key": API_KEY}) as resp,
+        ):
+            assert resp.status == 200
     finally:
         await gw.stop()
     assert gw.reloads == 0
@@ -168,7 +170,8 @@ async def test_in_flight_request_finishes_on_the_old_runtime(
             old = gw.runtime
             _write(path, _config(workdir, upstream, []))  # the new config has no route at all
             assert await gw.reload()
-            assert gw.runtime is not old and old.pipeline.inflight == 1
+            assert gw.runtime is not old
+            assert old.pipeline.inflight == 1
             upstream.gate.set()
             resp = await pending
             assert resp.status == 200  # finished on the runtime it started on
