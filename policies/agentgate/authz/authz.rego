@@ -53,12 +53,12 @@ exchange_allowed := {
 	authenticated
 }
 
+authenticated if input.subject.id
+
 deny_reasons contains "exchange:client_not_allowed" if {
 	exchange
 	not exchange_client_allowed
 }
-
-authenticated if input.subject.id
 
 deny_reasons contains reason if some reason in abac.deny
 
