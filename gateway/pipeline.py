@@ -464,6 +464,7 @@ class Pipeline:
                     route=route.name,
                     ssl_context=out.ssl_context,
                     response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
+                    scrub_query=out.scrub_query,
                 )
             except GatewayError as exc:
                 if exc.status in (502, 504):

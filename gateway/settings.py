@@ -53,7 +53,7 @@ class Secret:
     unreadable raises :class:`SecretUnavailable` (503), never an empty value.
     """
 
-    __slots__ = ("_mtime", "_next_check", "_path", "_value", "ref")
+    __slots__ = ("_failed", "_mtime", "_next_check", "_path", "_value", "ref")
 
     def __init__(self, ref: str, value: bytes, path: Path | None = None) -> None:
         self.ref = ref  # e.g. "env:BILLING_KEY": safe to show
@@ -61,14 +61,24 @@ class Secret:
         self._path = path
         self._mtime = _mtime(path) if path is not None else 0
         self._next_check = time.monotonic() + 1.0
+        self._failed = False
 
     def reveal(self) -> bytes:
-        if self._path is not None and time.monotonic() >= self._next_check:
+        # SECURITY: once the file has become unreadable, every use re-checks it (and fails)
+        # until it is readable again; the old value is never served in between.
+        if self._path is not None and (self._failed or time.monotonic() >= self._next_check):
             self._refresh(self._path)
         return self._value
 
     def reveal_str(self) -> str:
-        return self.reveal().decode("utf-8")
+        """The value as text fit for a header or a form: UTF-8, no control characters."""
+        try:
+            text = self.reveal().decode("utf-8")
+        except UnicodeDecodeError:
+            raise SecretUnavailable(f"secret {self.ref} is not UTF-8 text") from None
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+            raise SecretUnavailable(f"secret {self.ref} holds control characters") from None
+        return text
 
     def _refresh(self, path: Path) -> None:
         self._next_check = time.monotonic() + 1.0
@@ -79,7 +89,9 @@ class Secret:
                 self._mtime = mtime
         except OSError:
             # SECURITY: fail closed; the reference (a path) is safe to name, the value is not.
+            self._failed = True
             raise SecretUnavailable(f"secret {self.ref} became unreadable") from None
+        self._failed = False
 
     def __repr__(self) -> str:
         return f"Secret({self.ref!r})"
@@ -745,6 +757,17 @@ class Route(Strict):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry a query, fragment or credentials")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _mtls_needs_https(self) -> Self:
+        # SECURITY: a client certificate only exists on a TLS connection; on http:// the
+        # credential would silently vanish and the request go out with none.
+        creds = [self.credential, *self.credentials.values()]
+        if not self.upstream.startswith("https:") and any(
+            isinstance(c, MTLSCredential) for c in creds
+        ):
+            raise ValueError("an mtls credential needs an https:// upstream")
+        return self
 
     @field_validator("authn")
     @classmethod

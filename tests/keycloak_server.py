@@ -30,7 +30,7 @@ from tests.support import free_port
 ROOT = Path(__file__).resolve().parent.parent
 REALM_FILE = ROOT / "tests" / "fixtures" / "keycloak" / "realm.json"
 REALM = "agentgate-test"
-ADMIN_PASSWORD = "admin-test-password"  # noqa: S105 - a throwaway dev-mode instance
+ADMIN_PASSWORD = "admin-test-password"
 
 
 def require_real(component: str, present: bool) -> None:
@@ -135,7 +135,7 @@ def start_keycloak(log_path: Path) -> Iterator[Keycloak]:
         "--http-host=127.0.0.1",
     ]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, proc, deadline_s=240)

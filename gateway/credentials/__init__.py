@@ -36,6 +36,9 @@ class Outbound:
     url: URL
     headers: CIMultiDict[str]
     ssl_context: ssl.SSLContext | None = None
+    # Query parameters that carry a credential: removed from Location/Content-Location of
+    # the upstream's response before it reaches the client.
+    scrub_query: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,9 @@ COMPONENTS = ("@method", "@authority", "@path", "@query")
 
 
 def _authority(out: Outbound) -> str:
-    host = (out.url.host or "").lower()
-    port = out.url.explicit_port
-    return f"{host}:{port}" if port is not None else host
+    # RFC 9421 §2.2.3: the authority as the Host header carries it (RFC 9110 §7.2), i.e.
+    # without a default port -- exactly what the HTTP client sends (yarl/aiohttp).
+    return (out.url.host_port_subcomponent or "").lower()
 
 
 class HMACSignConverter:

@@ -19,13 +19,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.credentials import ConvertContext, Outbound
-from gateway.settings import MTLSCredential, SignedJWTCredential
+from gateway.settings import MTLSCredential, SignedJWTCredential, UpstreamTLS
 
 
 class MTLSConverter:
-    def __init__(self, name: str, cfg: MTLSCredential) -> None:
+    def __init__(
+        self, name: str, cfg: MTLSCredential, upstream_tls: UpstreamTLS | None = None
+    ) -> None:
         self.name = name
-        ctx = ssl.create_default_context(cafile=str(cfg.ca) if cfg.ca else None)
+        # The credential's own CA, else the route's upstream_tls.ca, else the system store.
+        ca = cfg.ca or (upstream_tls.ca if upstream_tls is not None else None)
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
         self._ssl = ctx

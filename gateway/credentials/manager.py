@@ -36,12 +36,18 @@ from gateway.settings import (
     SignedJWTCredential,
     TokenExchangeCredential,
     TxnTokenCredential,
+    UpstreamTLS,
 )
 
 DEFAULT = "default"
 
 
-def build_converter(name: str, cfg: CredentialSettings, txn_header: str | None) -> Converter:
+def build_converter(
+    name: str,
+    cfg: CredentialSettings,
+    txn_header: str | None,
+    upstream_tls: UpstreamTLS | None = None,
+) -> Converter:
     if isinstance(cfg, TxnTokenCredential):
         if txn_header is None:
             raise ValueError("credential type txn_token needs the txn_tokens section")
@@ -57,7 +63,7 @@ def build_converter(name: str, cfg: CredentialSettings, txn_header: str | None) 
     if isinstance(cfg, TokenExchangeCredential):
         return TokenExchangeConverter(name, cfg)
     if isinstance(cfg, MTLSCredential):
-        return MTLSConverter(name, cfg)
+        return MTLSConverter(name, cfg, upstream_tls)
     if isinstance(cfg, HMACSignCredential):
         return HMACSignConverter(name, cfg)
     if isinstance(cfg, SignedJWTCredential):
@@ -71,14 +77,16 @@ class CredentialManager:
         for route in routes:
             table: dict[str, Converter] = {}
             if route.credential is not None:
-                table[DEFAULT] = build_converter(DEFAULT, route.credential, txn_header)
+                table[DEFAULT] = build_converter(
+                    DEFAULT, route.credential, txn_header, route.upstream_tls
+                )
             elif txn_header is not None and route.authn is not None:
                 # A public route (no authn) never has a Txn-Token to send.
                 table[DEFAULT] = TxnTokenConverter(DEFAULT, txn_header)
             else:
                 table[DEFAULT] = NoConverter(DEFAULT)
             for alt, cfg in route.credentials.items():
-                table[alt] = build_converter(alt, cfg, txn_header)
+                table[alt] = build_converter(alt, cfg, txn_header, route.upstream_tls)
             self._routes[route.name] = table
 
     def all(self) -> list[Converter]:

@@ -8,6 +8,9 @@ one raises 503 (``SecretUnavailable``) and the request is not forwarded.
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote, unquote_plus
+
+from yarl import URL
 
 from gateway.credentials import ConvertContext, Outbound
 from gateway.settings import APIKeyCredential, BasicCredential, BearerStaticCredential
@@ -31,8 +34,18 @@ class APIKeyConverter(_NoLifecycle):
         if self._cfg.header is not None:
             out.headers[self._cfg.header] = value
         else:
-            assert self._cfg.query_param is not None
-            out.url = out.url.update_query({self._cfg.query_param: value})
+            param = self._cfg.query_param
+            assert param is not None
+            # Only our parameter changes: every other pair keeps its bytes (the PDP saw
+            # them), and any client-sent copy of ours, however encoded, is dropped.
+            kept = [
+                pair
+                for pair in out.url.raw_query_string.split("&")
+                if pair and unquote_plus(pair.partition("=")[0]) != param
+            ]
+            kept.append(f"{quote(param, safe='')}={quote(value, safe='')}")
+            out.url = URL(f"{out.url.with_query(None)}?{'&'.join(kept)}", encoded=True)
+            out.scrub_query = frozenset({param})
 
 
 class BasicConverter(_NoLifecycle):

@@ -31,6 +31,7 @@ from yarl import URL
 from gateway.context import BUFFERED_BODY_KEY
 from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge
 from gateway.upstream.headers import sanitize_response_headers
+from gateway.upstream.paths import drop_query_params
 
 log = logging.getLogger("agentgate.forward")
 
@@ -91,6 +92,7 @@ class Forwarder:
         route: str,
         response_headers: Mapping[str, str],
         ssl_context: ssl.SSLContext | None = None,
+        scrub_query: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         assert self._session is not None, "Forwarder.start() was not awaited"
         length = request.content_length
@@ -129,16 +131,25 @@ class Forwarder:
                 raise PayloadTooLarge() from None
             raise BadGateway(f"route {route}: {type(exc).__name__}") from None
         async with upstream:
-            return await self._relay(request, upstream, response_headers)
+            return await self._relay(request, upstream, response_headers, scrub_query)
 
     async def _relay(
         self,
         request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         extra: Mapping[str, str],
+        scrub_query: frozenset[str] = frozenset(),
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(sanitize_response_headers(upstream.headers))
+        for name in ("Location", "Content-Location") if scrub_query else ():
+            values = response.headers.getall(name, ())
+            if values:
+                # SECURITY: a redirect that repeats our URL must not hand the client the
+                # credential the gateway put in the query.
+                response.headers.popall(name)
+                for value in values:
+                    response.headers.add(name, _scrub_query(value, scrub_query))
         response.headers.update(extra)
         try:
             await response.prepare(request)
@@ -153,6 +164,15 @@ class Forwarder:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         return response
+
+
+def _scrub_query(target: str, names: frozenset[str]) -> str:
+    rest, hash_, fragment = target.partition("#")
+    base, mark, query = rest.partition("?")
+    if not mark:
+        return target
+    query = drop_query_params(query, names)
+    return base + ("?" + query if query else "") + hash_ + fragment
 
 
 def _ssl_for(url: URL, context: ssl.SSLContext | None) -> ssl.SSLContext | bool:

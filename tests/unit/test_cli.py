@@ -8,8 +8,8 @@ is the same argument parsing and error printing without an interpreter start per
 from __future__ import annotations
 
 import json
-import socket
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path

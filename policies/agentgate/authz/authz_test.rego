@@ -91,17 +91,29 @@ test_lateral_movement if {
 	} with input as doc
 }
 
-test_billing_requires_sender_constraint_and_attestation if {
+test_billing_requires_sender_constraint if {
 	doc := object.union(travel_agent, {
 		"request": {"path": "/billing/invoices", "method": "POST"},
 		"route": {"name": "billing-legacy", "segment": "finance"},
 		"subject": {"id": "spiffe://example.org/agent/billing"},
+		"source": {"peer": {"spiffe_id": "spiffe://example.org/agent/billing"}},
 	})
 	allowed := authz.decision with input as doc
 	allowed.reason == "rbac:billing-agent"
 	unbound := authz.decision with input as object.union(doc, {"authn": {"sender_constrained": "none"}})
 	unbound.reason == "abac:sender_constraint"
-	unattested := authz.decision with input as object.union(doc, {"attestation": {"status": "warning"}})
+}
+
+test_attestation_is_enforced_where_data_requires_it if {
+	doc := object.union(travel_agent, {
+		"request": {"path": "/billing/invoices", "method": "POST"},
+		"route": {"name": "billing-legacy", "segment": "finance"},
+		"subject": {"id": "spiffe://example.org/agent/billing"},
+		"source": {"peer": {"spiffe_id": "spiffe://example.org/agent/billing"}},
+		"attestation": {"status": "warning"},
+	})
+	required := object.union(data.abac, {"routes": {"billing-legacy": {"require_attestation": true}}})
+	unattested := authz.decision with input as doc with data.abac as required
 	unattested.reason == "abac:attestation"
 }
 

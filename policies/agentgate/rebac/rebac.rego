@@ -42,6 +42,15 @@ deny contains "rebac:mode_mismatch" if {
 	depth > 0
 }
 
+# The workload on this connection must be the one the credential says is acting: the
+# current actor of the chain, or an agent subject acting for itself. Only SPIFFE IDs are
+# compared, and only when the caller presented a certificate; otherwise a stolen, unbound
+# token naming another agent could be replayed by any agent with a certificate.
+deny contains "rebac:peer_mismatch" if {
+	startswith(acting_id, "spiffe://")
+	acting_id != input.source.peer.spiffe_id
+}
+
 # Scopes every link of the chain allows; undefined when no grant narrows scopes.
 scope_limit := intersection({{scope | some scope in grant.scopes} |
 	some grant in link_grants
@@ -49,3 +58,10 @@ scope_limit := intersection({{scope | some scope in grant.scopes} |
 })
 
 limits_scopes if count({grant | some grant in link_grants; grant.scopes}) > 0
+
+acting_id := input.actors[0].sub
+
+acting_id := input.subject.id if {
+	count(input.actors) == 0
+	input.subject.type == "agent"
+}

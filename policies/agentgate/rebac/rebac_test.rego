@@ -84,3 +84,41 @@ test_default_max_depth_is_one if {
 	ds := rebac.deny with input as doc with data.delegations as delegations with data.rebac as {}
 	ds == {"rebac:depth_exceeded"}
 }
+
+peer_doc(actor, peer) := {
+	"subject": {"id": "alice", "type": "user"},
+	"actors": [{"sub": actor}],
+	"mode": "obo_user",
+	"source": {"peer": {"spiffe_id": peer}},
+	"route": {"name": "flights"},
+}
+
+test_peer_must_be_the_acting_agent if {
+	doc := peer_doc("spiffe://example.org/agent/travel", "spiffe://example.org/agent/rogue")
+	d := rebac.deny with input as doc with data.delegations as delegations with data.rebac as limits
+	"rebac:peer_mismatch" in d
+}
+
+test_peer_that_is_the_acting_agent_passes if {
+	doc := peer_doc("spiffe://example.org/agent/travel", "spiffe://example.org/agent/travel")
+	d := rebac.deny with input as doc with data.delegations as delegations with data.rebac as limits
+	not "rebac:peer_mismatch" in d
+}
+
+test_agent_subject_must_match_its_certificate if {
+	doc := {
+		"subject": {"id": "spiffe://example.org/agent/travel", "type": "agent"},
+		"actors": [],
+		"mode": "self",
+		"source": {"peer": {"spiffe_id": "spiffe://example.org/agent/rogue"}},
+		"route": {"name": "flights"},
+	}
+	d := rebac.deny with input as doc with data.delegations as delegations with data.rebac as limits
+	"rebac:peer_mismatch" in d
+}
+
+test_no_certificate_no_peer_check if {
+	doc := object.remove(peer_doc("spiffe://example.org/agent/travel", ""), ["source"])
+	d := rebac.deny with input as doc with data.delegations as delegations with data.rebac as limits
+	not "rebac:peer_mismatch" in d
+}

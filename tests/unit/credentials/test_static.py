@@ -25,8 +25,12 @@ def _out() -> Outbound:
 
 
 def _ctx(txn: str | None = "txn.jwt.value") -> ConvertContext:
-    principal = Principal(method="mtls", subject="spiffe://example.org/agent/a", subject_type="agent")
-    identity = Identity(principal=principal, results={"mtls": principal}, caller="agent", mode="self")
+    principal = Principal(
+        method="mtls", subject="spiffe://example.org/agent/a", subject_type="agent"
+    )
+    identity = Identity(
+        principal=principal, results={"mtls": principal}, caller="agent", mode="self"
+    )
     return ConvertContext(facts=None, identity=identity, txn_token=txn)  # type: ignore[arg-type]
 
 
