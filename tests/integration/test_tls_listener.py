@@ -194,6 +194,7 @@ IDENTITY_FREE = {
     "x-forwarded-proto",
     "x-forwarded-host",
     "x-request-id",
+    "traceparent",  # DESIGN.md §5: the upstream always gets the gateway's trace context
 }
 
 
