@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -29,26 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
+
+from tests.support import require_real
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "bin"
 LOCALHOST = "127.0.0.1"
 STARTUP_TIMEOUT_S = 60.0
-
-
-def require_real(name: str) -> Path:
-    """Path of the real ``name`` binary; skip without it, or fail when ``CI == "true"``."""
-    candidate = TOOLS_BIN / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return candidate
-    found = shutil.which(name)
-    if found:
-        return Path(found)
-    message = f"{name} binary not found in {TOOLS_BIN} or PATH (run: scripts/bootstrap.sh {name})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def _free_port() -> int:
@@ -113,7 +98,7 @@ class JaegerServer:
 
     @classmethod
     def start(cls, workdir: Path) -> JaegerServer:
-        server = cls(require_real("jaeger"), workdir)
+        server = cls(Path(require_real("jaeger")), workdir)
         # A probed port can be taken before Jaeger binds it; retry with fresh ones.
         for attempt in range(3):
             try:

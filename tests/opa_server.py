@@ -13,8 +13,6 @@ is a failure: CI must never pass by skipping what it was meant to exercise.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -23,25 +21,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
+from tests.support import require_real
 
 LOCALHOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
 POLICIES = REPO / "policies"
-
-
-def require_real(tool: str) -> str:
-    """Path of the real ``tool`` binary; fail under CI, skip elsewhere, when missing."""
-    repo_tools = REPO / ".tools" / "bin" / tool
-    path = shutil.which(tool) or (str(repo_tools) if repo_tools.exists() else None)
-    if path is None:
-        message = (
-            f"{tool} not found on PATH or in .tools/bin (install it: scripts/bootstrap.sh {tool})"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI requires the real {tool}: {message}", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 def free_port() -> int:

@@ -13,30 +13,14 @@ failure: CI must never pass by skipping what it was meant to exercise.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+from tests.support import require_real
 
 LOCALHOST = "127.0.0.1"
-_BINARIES = {"redis": "redis-server"}
-
-
-def require_real(tool: str) -> str:
-    """Path of the real ``tool`` binary; fail under CI, skip elsewhere, when missing."""
-    binary = _BINARIES.get(tool, tool)
-    repo_tools = Path(__file__).resolve().parents[1] / ".tools" / "bin" / binary
-    path = shutil.which(binary) or (str(repo_tools) if repo_tools.exists() else None)
-    if path is None:
-        message = f"{binary} not found (install it: scripts/bootstrap.sh {tool})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI requires the real {tool}: {message}", pytrace=False)
-        pytest.skip(message)
-    return path
 
 
 def _free_port() -> int:

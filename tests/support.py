@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from aiohttp import web
 
@@ -35,6 +37,30 @@ MiB = 1024 * 1024
 # Generous, bounded waits: the suite must survive a loaded two-core CI machine.
 STARTUP_TIMEOUT_S = 30.0
 IO_TIMEOUT_S = 15.0
+
+
+# --------------------------------------------------------------------------- real components
+
+_BINARIES = {"redis": "redis-server"}
+
+
+def require_real(tool: str) -> str:
+    """Path of the real ``tool`` binary (``.tools/bin`` first, then ``PATH``).
+
+    When it is missing the test fails under CI (a skipped test proves nothing there) and
+    skips elsewhere, naming the bootstrap step that installs it.
+    """
+    binary = _BINARIES.get(tool, tool)
+    pinned = ROOT / ".tools" / "bin" / binary
+    if pinned.is_file() and os.access(pinned, os.X_OK):
+        return str(pinned)
+    found = shutil.which(binary)
+    if found:
+        return found
+    message = f"{binary} not found in .tools/bin or PATH (install it: scripts/bootstrap.sh {tool})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI requires the real {tool}: {message}", pytrace=False)
+    pytest.skip(message)
 
 
 # --------------------------------------------------------------------------- ports and polling
