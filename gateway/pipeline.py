@@ -274,7 +274,8 @@ class Pipeline:
                 )
             except GatewayError as exc:  # a shared store that is down: the request is done
                 log.warning("behaviour not recorded: %s", exc.reason)
-        self.audit.emit(AuditRecord.build(trail.audit_input(seconds)))
+        if self.audit.enabled:  # AuditRecord.build formats a timestamp: not for nothing
+            self.audit.emit(AuditRecord.build(trail.audit_input(seconds)))
 
     # ------------------------------------------------------------------ stages
 

@@ -94,11 +94,18 @@ class AuditInput(TypedDict, total=False):
     latency_s: float
 
 
+_ts_second: list[Any] = [None, ""]  # [epoch second, its "YYYY-MM-DDTHH:MM:SS." prefix]
+
+
 def _ts(time_ns: int | None) -> str | None:
     if time_ns is None:
         return None
-    moment = datetime.fromtimestamp(time_ns / 1e9, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # strftime once per second, not once per record (it was ~5 % of a pass-through request).
+    second, rest = divmod(time_ns, 1_000_000_000)
+    if _ts_second[0] != second:
+        moment = datetime.fromtimestamp(second, tz=UTC)
+        _ts_second[0], _ts_second[1] = second, moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{_ts_second[1]}{rest // 1_000_000:03d}Z"
 
 
 class AuditRecord:

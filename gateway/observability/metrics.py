@@ -164,6 +164,7 @@ class Metrics:
             registry=r,
         )
         self._stages: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._behavior_agents = Gauge(
             "agentgate_behavior_agents",
             "Agents currently tracked by the behaviour store.",
@@ -173,9 +174,17 @@ class Metrics:
     # ------------------------------------------------------------------ pipeline
 
     def observe_request(self, route: str, status: int, reason: str, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(route, code, reason).inc()
-        self.latency.labels(route, code).observe(seconds)
+        # Labelled children cached like observe_stage's: labels() validates and hashes its
+        # arguments under a lock on every call. The key space is bounded by configuration
+        # (route names, reason codes) and HTTP status codes.
+        key = (route, status, reason)
+        children = self._request_children.get(key)
+        if children is None:
+            code = str(status)
+            children = (self.requests.labels(route, code, reason), self.latency.labels(route, code))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_stage(self, stage: str, seconds: float) -> None:
         """Matches :class:`gateway.observability.tracing.StageTimer` (several calls a request:

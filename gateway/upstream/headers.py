@@ -19,6 +19,7 @@ None of them raises for hostile input: unwanted headers are dropped, unparseable
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -145,7 +146,7 @@ def forwarded_for(client_xff: list[str], peer_address: str, trusted_hops: int) -
     """
     if trusted_hops < 0:
         raise ValueError("trusted_hops must be >= 0")
-    peer = _canonical_ip(peer_address) or peer_address
+    peer = _canonical_peer(peer_address)
     if trusted_hops == 0:
         # SECURITY: nothing the client wrote is believed or passed on.
         return peer, peer
@@ -162,6 +163,12 @@ def forwarded_for(client_xff: list[str], peer_address: str, trusted_hops: int) -
 def header_block_size(raw_headers: tuple[tuple[bytes, bytes], ...]) -> int:
     """Bytes of ``name: value\\r\\n`` summed over ``raw_headers`` (for ``max_header_bytes``)."""
     return sum(len(name) + len(value) + 4 for name, value in raw_headers)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_peer(address: str) -> str:
+    """The TCP peer's address (from the kernel, one per connection), canonical; cached."""
+    return _canonical_ip(address) or address
 
 
 def _canonical_ip(entry: str) -> str | None:
