@@ -27,11 +27,11 @@ JSON with duplicate member names or non-finite numbers is refused (RFC 8725 §2.
 "invalid"; :class:`KeysUnavailable` (a subclass) means the keys could not be obtained,
 which a caller should answer with 503, not 401.
 
-Keys come from one of: a JWKS URL (fetched with a bounded timeout and size, cached per
-``Cache-Control: max-age``; an unknown ``kid`` triggers at most one refetch per
-``min_refresh_s``; concurrent refreshes share one fetch; stale keys are served for up to
-``max_stale_s`` while the endpoint is down), a JWKS document (a mapping), or a local key
-source such as :class:`gateway.tokens.keys.KeyRing` (anything with
+Keys come from one of: a JWKS URL (fetched with a bounded timeout and size, never
+following a redirect, cached per ``Cache-Control: max-age``; an unknown ``kid`` triggers at
+most one refetch per ``min_refresh_s``; concurrent refreshes share one fetch; stale keys are
+served for up to ``max_stale_s`` while the endpoint is down), a JWKS document (a mapping), or
+a local key source such as :class:`gateway.tokens.keys.KeyRing` (anything with
 ``verification_keys()``), read on every call so a reload takes effect at once.
 """
 
@@ -453,10 +453,16 @@ class RemoteJWKS:
 
     async def _get(self) -> tuple[Any, float | None]:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            # As gateway.outbound builds them (not imported: this kit stands alone): no
+            # proxy or netrc from the environment, no cookies.
+            self._session = aiohttp.ClientSession(
+                trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+            )
         async with self._session.get(
             self.url,
             timeout=self._timeout,
+            # SECURITY: a redirect is a failed fetch (503 in the middleware); the key
+            # location is the service's configuration, never the server's choice.
             allow_redirects=False,
             headers={"Accept": "application/jwk-set+json, application/json"},
         ) as resp:

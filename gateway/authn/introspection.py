@@ -31,6 +31,7 @@ import aiohttp
 
 from gateway.authn.jose import TokenError, numeric_date, strict_json_object
 from gateway.errors import ServiceUnavailable
+from gateway.outbound import client_session
 from gateway.settings import Introspection, Issuer
 
 log = logging.getLogger("agentgate.authn.introspection")
@@ -74,7 +75,7 @@ class IntrospectionClient:
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=False)
+            self._session = client_session(timeout=self._timeout)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -142,6 +143,8 @@ class IntrospectionClient:
         self, session: aiohttp.ClientSession, form: dict[str, str], headers: dict[str, str]
     ) -> bytes:
         try:
+            # SECURITY: a redirect is a failure (503); following a 307 would re-send the token
+            # and the client secret to wherever the endpoint pointed (issue 12).
             async with session.post(
                 self._cfg.endpoint, data=form, headers=headers, allow_redirects=False
             ) as resp:

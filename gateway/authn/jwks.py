@@ -47,6 +47,7 @@ from gateway.authn.jose import (
     strict_json_object,
 )
 from gateway.errors import ConfigError, ServiceUnavailable
+from gateway.outbound import client_session
 from gateway.settings import Issuer
 
 log = logging.getLogger("agentgate.authn.jwks")
@@ -181,7 +182,7 @@ class JWKSClient:
         if self.issuer.jwks_uri is None:
             return  # an introspection-only issuer
         timeout = aiohttp.ClientTimeout(total=self._cfg.fetch_timeout_s)
-        self._session = aiohttp.ClientSession(timeout=timeout, trust_env=False)
+        self._session = client_session(timeout=timeout)
         await self._refresh()
 
     async def close(self) -> None:

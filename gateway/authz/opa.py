@@ -29,7 +29,9 @@ client does pool one ``ClientSession``, and ``query_rule`` returns the whole res
    anyway, and the package pulls in ``aiofiles`` for features we never use.
 
 One ``ClientSession`` with one keep-alive ``TCPConnector`` serves every decision; nothing is
-built per request.
+built per request. It comes from :func:`gateway.outbound.client_session` and no call follows a
+redirect: a 3xx from ``pdp.url`` is a PDP failure (503), never a reason to send the policy
+input somewhere else (issue 12).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 import aiohttp
 
 from gateway.authz.engine import UNDEFINED, PDPError, decision_ref
+from gateway.outbound import client_session
 
 log = logging.getLogger("agentgate.authz")
 
@@ -82,7 +85,7 @@ class OPAClient:
         # The per-decision budget is the caller's asyncio.timeout; these bound only the parts
         # a stuck connection could otherwise hold forever.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout_s)
-        self._session = aiohttp.ClientSession(
+        self._session = client_session(
             connector=connector, timeout=timeout, auto_decompress=False, raise_for_status=False
         )
         await self._probe()
@@ -110,7 +113,10 @@ class OPAClient:
         except (TypeError, ValueError) as exc:
             raise PDPError(f"policy input is not JSON: {exc}") from None
         try:
-            async with self._session.post(self.data_url, data=body, headers=_JSON) as response:
+            # SECURITY: a redirect is a failure; following it would re-POST the input (307).
+            async with self._session.post(
+                self.data_url, data=body, headers=_JSON, allow_redirects=False
+            ) as response:
                 status = response.status
                 payload = await response.read()
         except (aiohttp.ClientError, OSError) as exc:
@@ -137,7 +143,7 @@ class OPAClient:
             return
         try:
             async with asyncio.timeout(self._health_interval_s):
-                async with session.get(self.health_url) as response:
+                async with session.get(self.health_url, allow_redirects=False) as response:
                     await response.read()
                     healthy = response.status == 200
         except (aiohttp.ClientError, OSError, TimeoutError):

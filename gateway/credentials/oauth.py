@@ -10,9 +10,10 @@
 
 Client authentication is ``client_secret_basic`` (RFC 6749 §2.3.1, form-encoded
 id and secret) or ``client_secret_post``. Any failure -- connection refused,
-timeout, a non-200 answer, a body that is not a JSON object with a string
-``access_token`` -- is a 503 with a generic text; the AS's own error text goes
-to the log only, and no token or secret is ever logged.
+timeout, a non-200 answer (a redirect included: none is ever followed), a body
+that is not a JSON object with a string ``access_token`` -- is a 503 with a
+generic text; the AS's own error text goes to the log only, and no token or
+secret is ever logged.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import aiohttp
 
 from gateway.credentials import ConvertContext, Outbound
 from gateway.errors import ServiceUnavailable
+from gateway.outbound import client_session
 from gateway.settings import OAuthClientCredentials, Secret, TokenExchangeCredential
 
 log = logging.getLogger("agentgate.credentials")
@@ -70,7 +72,7 @@ class TokenEndpoint:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        self._session = client_session()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -92,6 +94,8 @@ class TokenEndpoint:
         headers = self._auth(form)
         headers["Accept"] = "application/json"
         try:
+            # SECURITY: a redirect is a failure (503), never followed: a 307 would re-send the
+            # client secret and the subject token to the Location (issue 12).
             async with self._session.post(
                 self._url, data=form, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:

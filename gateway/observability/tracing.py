@@ -69,7 +69,7 @@ import random
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from opentelemetry import context as otel_context
@@ -85,6 +85,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from gateway.context import RequestFacts
 from gateway.errors import GatewayError
 from gateway.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = [
     "STAGES",
@@ -392,6 +395,25 @@ _NOOP_CLIENT_CM = _NoopClient()
 # --------------------------------------------------------------------------- tracing
 
 
+def _otlp_session() -> requests.Session:
+    """The ``requests`` session of the OTLP exporter: it never follows a redirect.
+
+    ``requests`` follows redirects by default, and on 307/308 it re-POSTs the body: a collector
+    answering one would hand every exported span (routes, paths, subjects) to its Location.
+    Like every other outbound client of the gateway (:mod:`gateway.outbound`), a 3xx is
+    a failed export instead, and nothing is read from the environment (proxies, netrc).
+    """
+    import requests  # comes with the OTLP exporter; imported as late as the exporter
+
+    class NoRedirects(requests.Session):
+        def get_redirect_target(self, resp: requests.Response) -> None:
+            return None  # SECURITY: the 3xx is the answer; the export counts as failed
+
+    session = NoRedirects()
+    session.trust_env = False
+    return session
+
+
 class Tracing:
     """Span helpers for the pipeline. One per gateway; never touches OTel globals."""
 
@@ -434,7 +456,9 @@ class Tracing:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter(
-                endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces", timeout=5.0
+                endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces",
+                timeout=5.0,
+                session=_otlp_session(),
             )
         provider = TracerProvider(
             resource=Resource.create({"service.name": settings.service_name}),
