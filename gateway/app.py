@@ -29,7 +29,7 @@ from gateway.admin_api import admin_routes
 from gateway.authn.base import invalid_token
 from gateway.authn.compose import AuthnService
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
-from gateway.authz.engine import PolicyDecisionPoint, build_pdp
+from gateway.authz.engine import PolicyDecisionPoint, PolicyLoadError, build_pdp
 from gateway.authz.exchange import exchange_input
 from gateway.context import Decision, Identity
 from gateway.credentials.manager import CredentialManager
@@ -150,12 +150,18 @@ class Runtime:
         self.pipeline = gateway._pipeline(self)
 
     async def start(self) -> None:
-        await self.forwarder.start()
-        await self.credentials.start()
-        if self.authn is not None:
-            await self.authn.start()
-        if self.pdp is not None:
-            await self.pdp.start()
+        try:
+            await self.forwarder.start()
+            await self.credentials.start()
+            if self.authn is not None:
+                await self.authn.start()
+            if self.pdp is not None:
+                await self.pdp.start()
+        except BaseException:
+            # A half-started runtime (a refused reload, a failed start) leaves no client
+            # session or connector open behind it.
+            await self.close()
+            raise
 
     async def close(self) -> None:
         await self.forwarder.close()
@@ -192,6 +198,11 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        # What the files looked like when this configuration was built: the file watcher
+        # starts from here, so an edit made while the gateway starts is not missed.
+        self.loaded_files = (
+            _fingerprint(watched_files(settings, config_path)) if config_path else ()
+        )
         # Values the process was started with that a reloaded file must not change
         # (a worker's listen/admin_listen assigned by the supervisor).
         self._overrides = dict(server_overrides or {})
@@ -309,13 +320,17 @@ class Gateway:
                 _check_restart_only(self.settings, settings)
                 runtime = Runtime(settings, self)
                 await runtime.start()
-            except ConfigError as exc:
-                log.error("reload refused, still serving the previous configuration:")
+            except (ConfigError, PolicyLoadError) as exc:
                 for line in exc.lines():
-                    log.error("  %s", line)
+                    log.error("reload refused: %s", line)
+                log.error("reload refused: still serving the previous configuration")
                 return False
             except (ValueError, OSError) as exc:
-                log.error("reload refused, still serving the previous configuration: %s", exc)
+                log.error("reload refused: %s", exc)
+                log.error("reload refused: still serving the previous configuration")
+                return False
+            except Exception as exc:  # a reload must never stop the gateway
+                log.exception("reload refused: internal error (%s)", type(exc).__name__)
                 return False
             old, self.runtime, self.settings = self.runtime, runtime, settings
             self.reloads += 1
@@ -534,7 +549,10 @@ def watched_files(settings: Settings, config_path: Path) -> list[Path]:
     return files
 
 
-def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def _fingerprint(files: list[Path]) -> Fingerprint:
     out = []
     for path in files:
         try:
@@ -547,15 +565,20 @@ def _fingerprint(files: list[Path]) -> tuple[tuple[str, int, int], ...]:
 
 async def watch_files(gateway: Gateway, interval_s: float = 1.0) -> None:
     """Reload when a watched file changes (polling: portable, no extra dependency)."""
-    assert gateway.config_path is not None
-    seen = _fingerprint(watched_files(gateway.settings, gateway.config_path))
+    if gateway.config_path is None:
+        raise ValueError("the gateway was not started from a file")
+    seen = gateway.loaded_files
     while True:
         await asyncio.sleep(interval_s)
         now = _fingerprint(watched_files(gateway.settings, gateway.config_path))
         if now != seen:
             log.info("a watched file changed: reloading")
-            await gateway.reload()
-            seen = _fingerprint(watched_files(gateway.settings, gateway.config_path))
+            await gateway.reload()  # never raises: a refused reload is logged
+            # Compare later rounds with what this reload read, so a save made while it ran
+            # is reloaded next round; a new watch list (e.g. a new policy file) starts afresh.
+            files = watched_files(gateway.settings, gateway.config_path)
+            same = [entry[0] for entry in now] == [str(path) for path in files]
+            seen = now if same else _fingerprint(files)
 
 
 def install_reload(gateway: Gateway, *, watch: bool = True) -> list[asyncio.Task[Any]]:
@@ -589,7 +612,11 @@ async def run(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(settings, config_path=config_path)
-    await gateway.start()
+    try:
+        await gateway.start()
+    except BaseException:
+        await gateway.stop()  # nothing half-started outlives a failed start
+        raise
     reloading = install_reload(gateway, watch=watch)
     log.info(gateway.describe())
     try:

@@ -26,7 +26,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT, then drain")
     run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    run.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,  # --log-level debug works as well as DEBUG
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
     run.add_argument(
         "--workers",
         type=int,
@@ -36,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    check.add_argument(
+        "--strict", action="store_true", help="also connect to OPA, Redis and JWKS endpoints"
+    )
 
     sub.add_parser("config-schema", help="print the JSON Schema of the configuration")
 
@@ -66,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            return _check_config(args.config)
+            return _check_config(args.config, strict=args.strict)
         if args.command == "config-schema":
             from gateway.settings import json_schema
 
@@ -93,20 +101,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, *, strict: bool = False) -> int:
     from gateway.app import Gateway
+    from gateway.checks import reachability, static_problems
     from gateway.settings import load_settings
 
     settings = load_settings(path)
-    # Build every part (credential files, keys, policies) without binding or connecting:
-    # what would fail at startup fails here, with the same messages.
+    # What the schema cannot see: policies that do not compile, certificates that are
+    # expired, not yet valid or not their key's.
+    problems = static_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    # Build every part (credential files, keys) without binding or connecting: what would
+    # fail at startup fails here, with the same messages.
     try:
         Gateway(settings)
     except ConfigError:
         raise
     except (ValueError, OSError) as exc:
         raise ConfigError([("", f"cannot start with this configuration: {exc}")]) from None
-    print(f"{path}: ok ({len(settings.routes)} route(s))")
+    if strict:
+        problems = asyncio.run(reachability(settings))
+        if problems:
+            raise ConfigError(problems)
+    checked = " and its dependencies reachable" if strict else ""
+    print(f"{path}: ok ({len(settings.routes)} route(s)){checked}")
     return 0
 
 
@@ -119,11 +138,16 @@ def _run(path: Path, level: str, workers: int | None = None) -> int:
 
         return run_workers(path, workers, log_level=level)
     from gateway.app import run
+    from gateway.authz.engine import PolicyLoadError
     from gateway.settings import load_settings
 
     settings = load_settings(path)
     try:
         asyncio.run(run(settings, config_path=path))
+    except PolicyLoadError as exc:
+        for line in exc.lines():
+            print(f"agentgate: cannot start: {line}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"agentgate: cannot start: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -482,6 +482,18 @@ class TxnTokenSettings(Strict):
             raise ValueError("give exactly one of signing_key or keys")
         return self
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError for a port that does not parse
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
     @property
     def key_files(self) -> tuple[Path, ...]:
         return (self.signing_key,) if self.signing_key is not None else self.keys
@@ -927,3 +939,5 @@ def load_settings(path: Path) -> Settings:
 
 def json_schema() -> str:
     return json.dumps(Settings.model_json_schema(), indent=2, sort_keys=True) + "\n"
+    if data is None:
+        raise ConfigError([("", f"{path}: the configuration file is empty")])

@@ -58,12 +58,8 @@ from typing import Any
 
 import regopy
 
-from gateway.authz.engine import UNDEFINED, PDPError, decision_ref
-
-
-class PolicyLoadError(Exception):
-    """The policies or data could not be loaded or compiled."""
-
+from gateway.authz.engine import UNDEFINED, PDPError, PolicyLoadError, decision_ref
+from gateway.authz.rego_errors import locate
 
 # `input` as a whole word that is not itself a field (`x.input`) or part of a longer name.
 _INPUT_REF = re.compile(r"(?<![\w.])input\b")
@@ -298,14 +294,19 @@ class EmbeddedPDP:
         if not files:
             raise PolicyLoadError(f"no .rego files under {self.policies}")
         builder = regopy.Interpreter()
+        # rego-cpp prints its errors to stdout (where the decision log may go); they are
+        # reported through PolicyLoadError instead, with file and line.
+        builder.log_level = regopy.LogLevel.NONE
         names, sources = [], []
         for path in files:
             name = path.relative_to(self.policies).as_posix()
             try:
                 source = path.read_text(encoding="utf-8")
                 builder.add_module(name, source)
-            except (OSError, regopy.RegoError) as exc:
-                raise PolicyLoadError(f"{name}: {_first_line(exc)}") from None
+            except OSError as exc:
+                raise PolicyLoadError([(str(path), exc.strerror or str(exc))]) from None
+            except regopy.RegoError as exc:
+                raise self._located(exc, {name: source}) from None
             names.append(name)
             sources.append(source)
         if self.data is not None:
@@ -313,12 +314,22 @@ class EmbeddedPDP:
         try:
             bundle = builder.build(None, [self.entrypoint])
         except regopy.RegoError as exc:
-            raise PolicyLoadError(f"policy compilation failed: {_first_line(exc)}") from None
+            raise self._located(exc, dict(zip(names, sources, strict=True))) from None
         # SECURITY: a failed build yields a bundle that crashes the process when queried.
         if not bundle.ok():
             raise PolicyLoadError("policy compilation failed (details on stderr)")
         paths = input_paths(sources) if self.project_input else None
         return _Compiled(builder, bundle, regopy.Interpreter(), tuple(names), paths)
+
+    def _located(self, exc: regopy.RegoError, sources: dict[str, str]) -> PolicyLoadError:
+        problems = []
+        for problem in locate(str(exc), sources):
+            where = str(self.policies / problem.module) if problem.module else ""
+            if where and problem.line is not None:
+                where = f"{where}:{problem.line}"
+            message = problem.message if where else f"policy compilation failed: {problem.message}"
+            problems.append((where, message))
+        return PolicyLoadError(problems)
 
 
 def _data_json(path: Path) -> str:
@@ -330,8 +341,3 @@ def _data_json(path: Path) -> str:
     if not isinstance(document, dict):
         raise PolicyLoadError(f"{path}: the data document must be a JSON object")
     return text
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

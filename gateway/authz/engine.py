@@ -60,6 +60,21 @@ class PDPError(Exception):
     """The engine gave no usable answer. The message is for logs, never for callers."""
 
 
+class PolicyLoadError(Exception):
+    """The policies or data could not be loaded or compiled.
+
+    ``problems`` holds ``(where, message)`` pairs, ``where`` being ``file:line``, a file, or
+    empty; :meth:`lines` renders them one per line, as config errors are.
+    """
+
+    def __init__(self, problems: str | Sequence[tuple[str, str]]) -> None:
+        self.problems = [("", problems)] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{where}: {message}" if where else message for where, message in self.problems]
+
+
 class PDP(Protocol):
     name: str
     generation: int  # bumped whenever the engine's policy or data changed

@@ -83,13 +83,15 @@ def _revoke_partner_role(workdir: Path) -> None:
     data_path.write_text(json.dumps(data))
 
 
-async def _hammer(url: str, stop: asyncio.Event) -> list[int]:
+async def _hammer(url: str, stop: asyncio.Event, pause_s: float = 0.0) -> list[int]:
     statuses: list[int] = []
     async with aiohttp.ClientSession() as session:
         while not stop.is_set() and len(statuses) < 2000:
             async with session.get(url, headers={"X-API-Key": API_KEY}) as resp:
                 await resp.read()
                 statuses.append(resp.status)
+            if pause_s:
+                await asyncio.sleep(pause_s)
     return statuses
 
 
@@ -220,3 +222,56 @@ async def test_sighup_and_file_change_reload_a_running_process(
     finally:
         await proc.stop()
     assert any("configuration reloaded" in line for line in proc.lines)
+
+
+def _break_rbac(workdir: Path) -> tuple[Path, str, int]:
+    """Append an unclosed rule to rbac.rego; return the file, its good text, the bad line."""
+    rego = workdir / "policies" / "agentgate" / "rbac" / "rbac.rego"
+    good = rego.read_text()
+    bad_line = good.count("\n") + 2
+    rego.write_text(good + "\nbroken := {\n")
+    return rego, good, bad_line
+
+
+async def test_a_broken_policy_save_never_sticks(workdir: Path, upstream: Upstream) -> None:
+    """Issue 15.1: a refused save logs file:line, keeps serving, and the next good save applies.
+
+    Before the fix the watcher task died on the first broken Rego (its PolicyLoadError was
+    not caught), so every later save was ignored until SIGHUP.
+    """
+    config = _config(workdir, upstream, [_flights(upstream)])
+    config["pdp"]["policies"] = str(workdir / "policies")
+    config["pdp"]["data"] = str(workdir / "policies" / "data.json")
+    config["authn"]["api_key"]["keys_file"] = str(workdir / "api-keys.yaml")
+    gwdir = workdir / "proc"
+    gwdir.mkdir()
+    proc = await GatewayProcess.start(config, gwdir)
+    try:
+        url = f"{proc.url}/flights/7"
+        stop = asyncio.Event()
+        # Paced (about 40 req/s in all): a flood would trip the shipped behaviour rule.
+        load = [asyncio.create_task(_hammer(url, stop, pause_s=0.1)) for _ in range(4)]
+        rego, good, bad_line = _break_rbac(workdir)
+        await wait_until(lambda: any("reload refused" in line for line in proc.lines), timeout=15)
+        await asyncio.sleep(1.5)  # still serving, still watching
+        # The fix: the good policy again, with the partner's role revoked so it is visible.
+        rego.write_text(good)
+        _revoke_partner_role(workdir)
+        await wait_until(
+            lambda: any("configuration reloaded" in line for line in proc.lines), timeout=15
+        )
+        await asyncio.sleep(0.5)
+        stop.set()
+        batches = await asyncio.gather(*load)
+    finally:
+        await proc.stop()
+    statuses = [s for batch in batches for s in batch]
+    refused = [line for line in proc.lines if "reload refused:" in line]
+    assert any(f"{rego}:{bad_line}: " in line for line in refused), refused
+    assert not any("Traceback" in line for line in proc.lines)
+    # Under load: only 200s (old runtime, also while the broken save was refused), then 403s.
+    assert set(statuses) <= {200, 403}, sorted(set(statuses))
+    for batch in batches:
+        first_deny = batch.index(403)
+        assert set(batch[:first_deny]) == {200}
+        assert set(batch[first_deny:]) == {403}
