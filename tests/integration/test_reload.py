@@ -269,6 +269,7 @@ async def test_a_broken_policy_save_never_sticks(workdir: Path, upstream: Upstre
     refused = [line for line in proc.lines if "reload refused:" in line]
     assert any(f"{rego}:{bad_line}: " in line for line in refused), refused
     assert not any("Traceback" in line for line in proc.lines)
+    assert not any("Unclosed" in line for line in proc.lines)  # the refused runtime was closed
     # Under load: only 200s (old runtime, also while the broken save was refused), then 403s.
     assert set(statuses) <= {200, 403}, sorted(set(statuses))
     for batch in batches:

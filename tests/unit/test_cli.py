@@ -185,3 +185,17 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         main(["no-such-command"])
     assert info.value.code == 2
     assert capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given", ["debug", "Info", "WARNING", "error"])
+def test_log_level_is_case_insensitive(given: str) -> None:
+    from gateway.cli import _parser
+
+    assert _parser().parse_args(["run", "--log-level", given]).log_level == given.upper()
+
+
+def test_unknown_log_level_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--log-level", "loud"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
