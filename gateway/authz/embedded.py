@@ -276,7 +276,7 @@ class EmbeddedPDP:
         ) as exc:
             raise PDPError(f"embedded evaluation failed: {type(exc).__name__}") from None
         if not output.ok():
-            raise PDPError("embedded evaluation failed: " + str(output)[:200])
+            raise PDPError("embedded evaluation failed: " + _output_error(output))
         results = output.results
         if not results or not results[0].expressions:
             return UNDEFINED
@@ -341,3 +341,27 @@ def _data_json(path: Path) -> str:
     if not isinstance(document, dict):
         raise PolicyLoadError(f"{path}: the data document must be a JSON object")
     return text
+
+
+def _output_error(output: Any) -> str:
+    """``code: message`` of each error in a failed output, as OPA reports evaluation errors.
+
+    regopy's ``Node`` cannot name error nodes (``kind_name`` raises), so the tree is read
+    with rego-cpp's node accessors: ``error`` nodes hold an ``errormsg`` and a
+    ``rego-errorcode`` whose values are the message and OPA's error code (e.g.
+    ``eval_conflict_error``). rego-cpp gives evaluation errors no source location.
+    """
+    from regopy.rego_shared import rego_node_get, rego_node_size, rego_node_value
+
+    try:
+        root = output.node()._impl
+        found = []
+        for i in range(min(rego_node_size(root), 8)):
+            error = rego_node_get(root, i)
+            parts = [rego_node_value(rego_node_get(error, j)) for j in range(rego_node_size(error))]
+            message, code = (parts[0] if parts else ""), (parts[-1] if len(parts) > 2 else "")
+            found.append(f"{code}: {message}" if code else message)
+        text = "; ".join(part for part in found if part)
+    except (regopy.RegoError, AttributeError, TypeError, ValueError):
+        text = ""
+    return (text or str(output))[:300]
