@@ -283,6 +283,7 @@ class Gateway:
             metrics=self.metrics,
             limits=Limits(
                 max_header_bytes=server.limits.max_header_bytes,
+                max_body_bytes=server.limits.max_body_bytes,
                 trusted_hops=server.forwarded.trusted_hops,
                 scheme="https" if self.ssl_context else "http",
                 strip_headers=frozenset(server.strip_headers)

@@ -5,7 +5,8 @@ either returns the value the next stage needs or raises a
 :class:`gateway.errors.GatewayError`, which is rendered once, here, by
 :func:`gateway.render.error_response`. Stages never call each other.
 
-    observe      sanitise + normalise the path once + enforce header limits
+    observe      sanitise + normalise the path once + enforce header limits and a
+                 declared body size (413 on Content-Length alone)
     route        first matching route, or 404 (nothing else runs)
     authenticate the route's AND/OR tree of methods        (gateway.authn)
     decide       the PDP, fail closed                      (gateway.authz)
@@ -31,7 +32,14 @@ from gateway.authz.input import build_input, policy_headers, query_params
 from gateway.context import Decision, Identity, RequestFacts
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.manager import CredentialManager
-from gateway.errors import BadRequest, Forbidden, GatewayError, HeadersTooLarge, Unauthorized
+from gateway.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from gateway.listener import GatewayRequestHandler
 from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
 from gateway.observability.behavior import BehaviorStore, agent_key
@@ -139,6 +147,7 @@ class Trail:
 @dataclass(frozen=True, slots=True)
 class Limits:
     max_header_bytes: int
+    max_body_bytes: int
     trusted_hops: int
     scheme: str
     strip_headers: frozenset[str]  # identity and credential headers never forwarded
@@ -293,6 +302,13 @@ class Pipeline:
             raise BadRequest(
                 "unsupported transfer coding", public="unsupported transfer coding", status=501
             )
+        # SECURITY: a body declared too large is refused on the header, as nginx and Envoy
+        # do: before routing, authentication and the PDP, which it would otherwise cost for a
+        # request refused anyway (issue 12). A chunked body declares nothing; the forwarder
+        # cuts it at the same limit while streaming.
+        declared = request.content_length
+        if declared is not None and declared > self.limits.max_body_bytes:
+            raise PayloadTooLarge(f"Content-Length {declared} > {self.limits.max_body_bytes}")
         raw_path, _, raw_query = request.raw_path.partition("?")
         path = normalize_path(raw_path)
         # SECURITY: a credential sent in the query reaches neither the policy nor the upstream.
