@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
 from gateway.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_files
+from gateway.private_files import write_atomic
 from gateway.settings import load_settings
 from gateway.tokens.keys import signing_key, write_private_key
 from gateway.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
@@ -527,11 +528,9 @@ def prepare(workdir: Path) -> World:
     txn_key = write_private_key(workdir / "keys" / "txn-signing.pem", "ES256", overwrite=True)
     idp = DevIssuer.create(workdir / "idp" / "jwks.json")
     key_file = workdir / "secrets" / "billing.key"
-    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     api_key = secrets.token_urlsafe(18)  # 24 characters
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(api_key + "\n")
+    # SECURITY: 0600 whatever the umask, also when a previous run left a wider file behind.
+    write_atomic(key_file, (api_key + "\n").encode())
     shipped = shipped_policies()
     policy_dir = workdir / "policies"
     copy_policies(shipped, policy_dir)
@@ -578,7 +577,8 @@ def prepare(workdir: Path) -> World:
 
 def write_config(world: World) -> None:
     header = "# written by `agentgate demo`; paths are relative to this file\n"
-    world.config_path.write_text(header + yaml.safe_dump(_config(world), sort_keys=False))
+    text = header + yaml.safe_dump(_config(world), sort_keys=False)
+    write_atomic(world.config_path, text.encode())  # it says where every secret lives
     _say(f"config              {world.rel(world.config_path)}")
 
 

@@ -31,9 +31,7 @@ SECURITY: this is a *development* PKI. Private keys are written as unencrypted P
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +43,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gateway.private_files import write_atomic
 
 __all__ = [
     "CertFiles",
@@ -201,19 +201,9 @@ def _check_spiffe_id(spiffe_id: str) -> None:
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
     """Write ``data`` to ``path`` via a same-directory temp file and ``os.replace``."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # SECURITY: mkstemp creates the file 0600, so key bytes are never world-readable,
-    # not even briefly; the final mode is applied before the rename.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # SECURITY: the temp file is created 0600, so key bytes are never readable by others,
+    # not even briefly, whatever the umask; the final mode is applied before the rename.
+    write_atomic(path, data, mode=mode)
 
 
 def _validity(

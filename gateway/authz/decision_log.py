@@ -6,11 +6,13 @@ through a queue to a writer thread (:class:`logging.handlers.QueueListener`). Ea
 ``result`` (``allow`` | ``deny`` | ``error``), ``reason``, ``cached``, ``latency_ms`` and the
 ``input``. The input is safe to log by construction (:mod:`gateway.authz.input` never holds a
 raw credential), so no masking policy is needed here, unlike OPA's own decision logs
-(SPECS.md §15.4).
+(SPECS.md §15.4). It does hold claims, so a log file is created ``0600`` whatever the umask,
+and an existing one with wider bits is narrowed (:mod:`gateway.private_files`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import logging.handlers
@@ -19,6 +21,16 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from gateway.private_files import open_private_append
+
+
+class _PrivateFileHandler(logging.FileHandler):
+    """A ``FileHandler`` whose file is ``0600`` whatever the umask (it holds policy input)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        # SECURITY: logging.FileHandler would create the file 0666 & ~umask.
+        return open_private_append(self.baseFilename)
 
 
 class DecisionLog:
@@ -35,7 +47,7 @@ class DecisionLog:
         if self._target == "stdout":
             handler = logging.StreamHandler(sys.stdout)
         else:
-            handler = logging.FileHandler(Path(self._target), encoding="utf-8")
+            handler = _PrivateFileHandler(Path(self._target), encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._listener = logging.handlers.QueueListener(self._queue, handler)
         self._listener.start()

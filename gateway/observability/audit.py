@@ -53,7 +53,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +61,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypedDict
 
 from gateway.context import Decision, Identity, RequestFacts
+from gateway.private_files import open_private_append
 from gateway.settings import TelemetrySettings
 
 __all__ = ["AuditInput", "AuditRecord", "AuditSink"]
@@ -192,9 +192,9 @@ _STOP: Any = object()
 
 
 def _open_append(path: Path) -> IO[str]:
-    # SECURITY: audit lines name principals and paths; readable by the owner only.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    # SECURITY: audit lines name principals and paths: 0600 whatever the umask, and an
+    # existing file with wider bits is narrowed (gateway.private_files).
+    return open_private_append(path)
 
 
 class AuditSink:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +39,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from gateway.private_files import write_atomic
 from gateway.txn import Alg, VerificationKey, b64url_encode
 
 log = logging.getLogger("agentgate.tokens.keys")
@@ -137,19 +137,9 @@ def write_private_key(path: Path, alg: Alg, *, overwrite: bool = False) -> Signi
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists (use --force to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # SECURITY: created 0600 from the start (no window where the key is world-readable).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # SECURITY: created 0600 from the start whatever the umask (no window where the key is
+    # readable by others); a new parent folder is 0700.
+    write_atomic(path, data)
     return signing_key(key, path)
 
 
