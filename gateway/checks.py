@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +41,36 @@ def static_problems(settings: Settings, *, now: dt.datetime | None = None) -> li
         if up is not None and up.cert is not None and up.key is not None:
             problems += certificate_problems(f"routes.{index}.upstream_tls", up.cert, up.key, now)
     return problems
+
+
+def warnings(settings: Settings) -> list[Problem]:
+    """Valid but probably not meant: a route that left ``segment`` unset (so it is in the
+    segment ``default``) while the policy data's ``segments.flows`` lets no segment reach it:
+    the shipped ``agentgate.segments`` policy then denies every call to it."""
+    pdp = settings.pdp
+    if pdp is None or pdp.engine != "embedded" or pdp.data is None:
+        return []
+    try:
+        flows = json.loads(pdp.data.read_text("utf-8")).get("segments", {}).get("flows")
+    except (OSError, ValueError, AttributeError):
+        return []  # a broken data file is a problem reported elsewhere
+    if not isinstance(flows, dict):
+        return []
+    reachable = {
+        target for targets in flows.values() if isinstance(targets, list) for target in targets
+    }
+    found = []
+    for index, route in enumerate(settings.routes):
+        if "segment" not in route.model_fields_set and route.segment not in reachable:
+            found.append(
+                (
+                    f"routes.{index}.segment",
+                    f"not set, so {route.segment!r}, which no source segment in "
+                    f"{pdp.data} (segments.flows) may reach: the shipped policy denies every "
+                    "call to this route (segments:lateral_movement); set a segment",
+                )
+            )
+    return found
 
 
 def _policy_problems(settings: Settings) -> list[Problem]:

@@ -64,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--dns", action="append", default=[])
     issue.add_argument("--ip", action="append", default=[])
     issue.add_argument("--days", type=int, default=30)
+    policy = sub.add_parser("policy", help="work with the policies (explain a decision)")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    explain = policy_sub.add_parser("explain", help="which rules fired for one input")
+    explain.add_argument("-i", "--input", required=True, help="input JSON file, or - for stdin")
+    explain.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    explain.add_argument("--policies", type=Path, default=None, help="default: pdp.policies")
+    explain.add_argument("--data", type=Path, default=None, help="default: pdp.data")
+    explain.add_argument(
+        "--opa", action="store_true", help="run `opa eval --explain=full` instead (needs opa)"
+    )
     from gateway.tokens.cli import add_subcommands
 
     add_subcommands(sub)  # keys generate; token inspect | verify | mint
@@ -88,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.tokens.cli import dispatch
 
             return dispatch(args)
+        if args.command == "policy":
+            return _policy_explain(args)
         if args.command == "demo":
             from gateway.demo import run_demo
 
@@ -103,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check_config(path: Path, *, strict: bool = False) -> int:
     from gateway.app import Gateway
-    from gateway.checks import reachability, static_problems
+    from gateway.checks import reachability, static_problems, warnings
     from gateway.settings import load_settings
 
     settings = load_settings(path)
@@ -120,12 +132,61 @@ def _check_config(path: Path, *, strict: bool = False) -> int:
         raise
     except (ValueError, OSError) as exc:
         raise ConfigError([("", f"cannot start with this configuration: {exc}")]) from None
+    for key, message in warnings(settings):
+        print(f"warning: {key}: {message}", file=sys.stderr)
     if strict:
         problems = asyncio.run(reachability(settings))
         if problems:
             raise ConfigError(problems)
     checked = " and its dependencies reachable" if strict else ""
     print(f"{path}: ok ({len(settings.routes)} route(s)){checked}")
+    return 0
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import subprocess
+
+    from gateway.authz.engine import PDPError, PolicyLoadError
+    from gateway.authz.explain import explain
+    from gateway.settings import load_settings
+
+    policies, data, decision = args.policies, args.data, "agentgate/authz/decision"
+    if policies is None:
+        pdp = load_settings(args.config).pdp
+        if pdp is None or pdp.policies is None:
+            raise ConfigError([("pdp.policies", "not set: pass --policies")])
+        policies, data, decision = pdp.policies, data or pdp.data, pdp.decision
+    raw = sys.stdin.read() if args.input == "-" else Path(args.input).read_text("utf-8")
+    try:
+        document = json.loads(raw)
+    except ValueError as exc:
+        print(f"agentgate policy explain: {args.input}: not JSON ({exc})", file=sys.stderr)
+        return 2
+    if args.opa:
+        opa = shutil.which("opa")
+        if opa is None:
+            print("agentgate policy explain: --opa needs the opa binary on PATH", file=sys.stderr)
+            return 2
+        command = [opa, "eval", "--explain=full", "--format=pretty", "-d", str(policies)]
+        # opa loads every data.json under a -d folder itself; naming it twice is a merge error.
+        if data is not None and not data.resolve().is_relative_to(policies.resolve()):
+            command += ["-d", str(data)]
+        command += ["--stdin-input", "data." + decision.strip("/").replace("/", ".")]
+        stdin = json.dumps(document)
+        done = subprocess.run(command, input=stdin, text=True, check=False)  # noqa: S603 -- fixed argv
+        return done.returncode
+    try:
+        result = explain(policies, data, document, decision)
+    except PolicyLoadError as exc:
+        for line in exc.lines():
+            print(f"agentgate policy explain: {line}", file=sys.stderr)
+        return 2
+    except PDPError as exc:
+        print(f"agentgate policy explain: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(result.render())
     return 0
 
 

@@ -294,3 +294,31 @@ def test_strict_passes_when_nothing_is_called(
     code, out, _ = _check(capsys, _write(tmp_path, _base()), "--strict")
     assert code == 0
     assert "dependencies reachable" in out
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+def test_a_route_without_segment_that_no_flow_reaches_is_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pdp = {
+        "engine": "embedded",
+        "policies": str(ROOT / "policies"),
+        "data": str(ROOT / "policies" / "data.json"),
+    }
+    routes = [
+        {"name": "a", "match": {"path_prefix": "/a/"}, "upstream": "http://127.0.0.1:9"},
+        {
+            "name": "b",
+            "match": {"path_prefix": "/b/"},
+            "upstream": "http://127.0.0.1:9",
+            "segment": "booking",
+        },
+    ]
+    code, out, err = _check(capsys, _write(tmp_path, _base(pdp=pdp, routes=routes)))
+    assert code == 0  # valid, only probably not meant
+    assert "ok (2 route(s))" in out
+    [line] = err.splitlines()
+    assert line.startswith("warning: routes.0.segment: not set, so 'default'")
+    assert "segments:lateral_movement" in line
