@@ -75,6 +75,23 @@ def _config(otlp: int, query_http: int, query_grpc: int, health: int) -> str:
     )
 
 
+def _with_ports(
+    template: dict[str, Any], otlp: int, query_http: int, query_grpc: int, health: int
+) -> str:
+    """``template`` (a shipped Jaeger config) with each endpoint's port replaced, host kept."""
+    config = json.loads(json.dumps(template))
+    ext = config["extensions"]
+    for node, port in (
+        (config["receivers"]["otlp"]["protocols"]["http"], otlp),
+        (ext["jaeger_query"]["http"], query_http),
+        (ext["jaeger_query"]["grpc"], query_grpc),
+        (ext["healthcheckv2"]["http"], health),
+    ):
+        host = node["endpoint"].rsplit(":", 1)[0]
+        node["endpoint"] = f"{host}:{port}"
+    return json.dumps(config, indent=2)
+
+
 @dataclass
 class JaegerServer:
     """One Jaeger v2 process. ``start``/``stop`` are synchronous, so any fixture scope works."""
@@ -96,9 +113,11 @@ class JaegerServer:
     def query_url(self) -> str:
         return f"http://{LOCALHOST}:{self.query_port}"
 
+    template: dict[str, Any] | None = None  # a shipped config whose ports are replaced
+
     @classmethod
-    def start(cls, workdir: Path) -> JaegerServer:
-        server = cls(Path(require_real("jaeger")), workdir)
+    def start(cls, workdir: Path, template: dict[str, Any] | None = None) -> JaegerServer:
+        server = cls(Path(require_real("jaeger")), workdir, template=template)
         # A probed port can be taken before Jaeger binds it; retry with fresh ones.
         for attempt in range(3):
             try:
@@ -113,7 +132,10 @@ class JaegerServer:
     def _launch(self) -> None:
         self.otlp_port, self.query_port, self.health_port = (_free_port() for _ in range(3))
         config = self.workdir / "jaeger.yaml"
-        config.write_text(_config(self.otlp_port, self.query_port, _free_port(), self.health_port))
+        ports = (self.otlp_port, self.query_port, _free_port(), self.health_port)
+        config.write_text(
+            _config(*ports) if self.template is None else _with_ports(self.template, *ports)
+        )
         self.log_path = self.workdir / "jaeger.log"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
