@@ -6,8 +6,9 @@ request wins. A match is a plain string prefix of the *normalised* path (see
 list (exact names, or ``*.example.org`` for any name below that domain).
 Hosts compare case-insensitively with any ``:port`` removed.
 
-``RouteTable.match`` raises :class:`gateway.errors.NotFound` when nothing fits;
-no other stage runs for such a request.
+``RouteTable.match`` raises :class:`gateway.errors.NotFound` when nothing fits, or
+:class:`gateway.errors.MethodNotAllowed` (405, with ``Allow``) when routes fit the host and
+path but not the method; no other stage runs for such a request.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from gateway.errors import NotFound
+from gateway.errors import MethodNotAllowed, NotFound
 from gateway.settings import Route
 
 
@@ -77,14 +78,23 @@ class RouteTable:
         return iter(self._routes)
 
     def match(self, method: str, host: str, path: str) -> CompiledRoute:
+        """The first route that fits; :class:`NotFound`, or :class:`MethodNotAllowed` with
+        ``Allow`` when routes fit the host and path but only for other methods."""
         bare_host = _host_only(host)
+        allowed: set[str] = set()
         for route in self._routes:
             m = route.settings.match
             if not path.startswith(m.path_prefix):
                 continue
-            if m.methods and method not in m.methods:
-                continue
             if m.hosts and not _host_matches(m.hosts, bare_host):
                 continue
+            if m.methods and method not in m.methods:
+                allowed.update(m.methods)
+                continue
             return route
+        if allowed:
+            # RFC 9110 §15.5.6: a 405 must list the methods the target supports.
+            raise MethodNotAllowed(
+                f"{method} on {path}", headers={"Allow": ", ".join(sorted(allowed))}
+            )
         raise NotFound()

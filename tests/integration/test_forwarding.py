@@ -506,7 +506,7 @@ ROUTES_IN_ORDER: list[dict[str, Any]] = [
         pytest.param("GET", "evil-api.test", "/r/a", "/three/r/a", id="wildcard-needs-dot"),
         pytest.param("GET", "gw.test", "/r/a", "/three/r/a", id="fallback"),
         pytest.param("GET", "gw.test", "/g/x", "/four/g/x", id="get-only"),
-        pytest.param("HEAD", "gw.test", "/g/x", None, id="method-mismatch-404"),
+        pytest.param("HEAD", "gw.test", "/g/x", "405 GET", id="method-mismatch-405"),
         pytest.param("GET", "gw.test", "/rr", None, id="prefix-mismatch-404"),
         pytest.param("GET", "gw.test", "/", None, id="root-404"),
     ],
@@ -531,6 +531,10 @@ async def test_routes_are_tried_in_order(
         assert upstream.hits == []
         if method != "HEAD":
             assert_problem(resp, 404)
+    elif expected.startswith("405 "):
+        assert resp.status == 405  # RFC 9110 §15.5.6, with the methods the path supports
+        assert resp.all("Allow") == [expected.removeprefix("405 ")]
+        assert upstream.hits == []
     else:
         assert resp.status == 200
         assert resp.json()["path"] == expected

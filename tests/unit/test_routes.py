@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import NotFound
+from gateway.errors import MethodNotAllowed, NotFound
 from gateway.settings import Route
 from gateway.upstream.routes import RouteTable
 
@@ -48,16 +48,36 @@ TABLE = RouteTable(
         pytest.param("GET", "gw", "/api", "root-get", id="prefix-is-a-string-prefix"),
         pytest.param("GET", "gw", "/apix", "root-get", id="prefix-with-slash-not-apix"),
         pytest.param("HEAD", "gw", "/", "root-get", id="method-list"),
-        pytest.param("DELETE", "gw", "/other", None, id="nothing-fits"),
-        pytest.param("get", "gw", "/other", None, id="methods-are-case-sensitive"),
+        pytest.param("DELETE", "gw", "/other", 405, id="path-fits-method-does-not"),
+        pytest.param("get", "gw", "/other", 405, id="methods-are-case-sensitive"),
     ],
 )
-def test_match(method: str, host: str, path: str, expected: str | None) -> None:
-    if expected is None:
-        with pytest.raises(NotFound):
+def test_match(method: str, host: str, path: str, expected: str | int) -> None:
+    if expected == 405:
+        with pytest.raises(MethodNotAllowed) as info:
             TABLE.match(method, host, path)
+        assert info.value.status == 405
+        assert info.value.headers == {"Allow": "GET, HEAD"}
     else:
         assert TABLE.match(method, host, path).name == expected
+
+
+def test_allow_lists_every_method_of_every_route_that_fits_host_and_path() -> None:
+    table = RouteTable(
+        [
+            route("read", match={"path_prefix": "/flights/", "methods": ["GET"]}),
+            route("book", match={"path_prefix": "/flights/", "methods": ["POST", "GET"]}),
+            route(
+                "other-host", match={"path_prefix": "/", "methods": ["PUT"], "hosts": ["x.test"]}
+            ),
+            route("elsewhere", match={"path_prefix": "/billing/", "methods": ["DELETE"]}),
+        ]
+    )
+    with pytest.raises(MethodNotAllowed) as info:
+        table.match("DELETE", "gw", "/flights/1")
+    assert info.value.headers == {"Allow": "GET, POST"}  # not PUT (host) nor DELETE (path)
+    with pytest.raises(NotFound):
+        table.match("GET", "gw", "/hotels/1")  # no route covers the path: 404, not 405
 
 
 def test_empty_table_matches_nothing() -> None:
