@@ -78,6 +78,10 @@ class Principal:
     )  # verified claims safe for policy
     expires_at: float | None = None  # POSIX seconds; caches never outlive it
     token_id: str | None = None  # jti, for revocation checks
+    # Claims an issuer's ``claims`` mapping names (input.subject.<name>); verified values.
+    attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    # The verified transaction of a Txn-Token (input.txn); None for every other credential.
+    transaction: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ Contract (base.Method; txn-tokens-10 §12.2, SPECS.md §1.7, §2.2):
   with the verified mTLS peer pushed on top (the agent now calling on the subject's
   behalf, SPECS.md §2.2 rule 2; not pushed when it already is the current actor or is the
   subject itself), ``claims`` = the verified claims (``txn``, ``tctx``, ``rctx``, ...),
-  ``token_id`` = ``txn``, ``expires_at`` = ``exp``.
+  ``token_id`` = ``txn``, ``expires_at`` = ``exp``, and ``transaction`` = what the policy
+  sees as ``input.txn`` (:func:`transaction_of`).
 
 SECURITY: the pipeline strips client-sent ``Txn-Token`` headers before forwarding, but
 authentication reads the request *as received*. A Txn-Token proves what a transaction is
@@ -25,7 +26,7 @@ should require the caller's own identity too: ``authn: {all_of: [mtls, txn_token
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Final, Protocol, cast
 
 from aiohttp import web
@@ -105,7 +106,8 @@ def principal_from_claims(
     kind = tctx.get("subject_type")
     if kind not in _SUBJECT_TYPES:
         kind = "agent" if subject.startswith("spiffe://") else "user"
-    actors = list(_actors(claims.get("act")))
+    token_actors = _actors(claims.get("act"))
+    actors = list(token_actors)
     peer_id = facts.peer.spiffe_id if facts is not None and facts.peer is not None else None
     if peer_id and peer_id != subject and (not actors or actors[0].sub != peer_id):
         actors.insert(0, Actor(peer_id))
@@ -121,7 +123,30 @@ def principal_from_claims(
         claims=claims,
         expires_at=float(claims["exp"]),
         token_id=claims["txn"],
+        transaction=transaction_of(claims, token_actors),
     )
+
+
+def transaction_of(claims: Mapping[str, Any], actors: Sequence[Actor]) -> dict[str, Any]:
+    """``input.txn`` for *verified* Txn-Token ``claims``: the transaction, not the token.
+
+    ``{id, sub, scope: [..], iss, req_wl, actors: [{sub, iss?}], tctx, rctx}``: ``actors`` is
+    the token's own ``act`` chain, current actor first (``input.actors`` additionally has the
+    mTLS peer of this hop on top); ``iat``/``exp`` are left out on purpose, like ``jti`` in
+    ``input.authn.results``: they describe one token, and would make every decision-cache
+    key unique.
+    """
+    tctx, rctx = claims.get("tctx"), claims.get("rctx")
+    return {
+        "id": claims["txn"],
+        "sub": claims["sub"],
+        "scope": list(dict.fromkeys(str(claims.get("scope", "")).split())),
+        "iss": claims.get("iss"),
+        "req_wl": claims.get("req_wl"),
+        "actors": [actor.as_input() for actor in actors],
+        "tctx": dict(tctx) if isinstance(tctx, Mapping) else {},
+        "rctx": dict(rctx) if isinstance(rctx, Mapping) else {},
+    }
 
 
 def _actors(act: Any) -> list[Actor]:

@@ -18,14 +18,22 @@ Shape (every key is always present, so a policy never has to guess between "abse
     mode        "obo_user" | "self" | "obo_agent" | null
     caller      "human_browser" | "human_api" | "agent" | "device" | null
     authn       {methods, results: {method: summary}, sender_constrained}
-    agent, attestation, behavior, txn   enrichment objects, {} when absent
+    agent, attestation, behavior   enrichment objects, {} when absent
+    txn         the verified transaction of a Txn-Token the request authenticated with
+                ({id, sub, scope, iss, req_wl, actors, tctx, rctx}, see
+                :func:`gateway.authn.txn_token.transaction_of`), {} otherwise
 
 Additions to DESIGN.md §7 (additive, nothing renamed): ``subject.roles`` (roles from a verified
 credential record, e.g. an API-key or basic-auth file; RBAC needs them) and the fields of each
 ``authn.results`` summary: ``subject, type, issuer, client_id, scopes, roles, amr,
 sender_constraint``. A summary deliberately leaves out ``token_id`` (jti) and ``expires_at``:
 they identify one token rather than describe the caller, and would make every decision-cache
-key unique.
+key unique. ``subject`` also carries the attributes an issuer's ``claims`` mapping names
+(``subject.username``, ...; ``roles`` merge into ``subject.roles``); they never replace the
+keys above.
+
+``txn`` comes from the principal (or, failing that, any successful method) that carries a
+``transaction``; an explicit ``txn=`` argument wins.
 
 ``source.segment`` is the caller's network segment for ``agentgate.segments``. The enrich stage
 may pass it explicitly (``source_segment=``); otherwise :func:`derive_segment` derives it,
@@ -160,12 +168,23 @@ def build_input(
         "agent": _plain(agent) if agent is not None else {},
         "attestation": _plain(attestation) if attestation is not None else {},
         "behavior": _plain(behavior) if behavior is not None else {},
-        "txn": _plain(txn) if txn is not None else {},
+        "txn": _plain(txn if txn is not None else _transaction(identity)),
     }
 
 
+def _transaction(identity: Identity | None) -> Mapping[str, Any]:
+    if identity is None:
+        return {}
+    if identity.principal.transaction is not None:
+        return identity.principal.transaction
+    for result in identity.results.values():
+        if result.transaction is not None:
+            return result.transaction
+    return {}
+
+
 def _subject(principal: Principal) -> dict[str, Any]:
-    return {
+    subject = {
         "id": principal.subject,
         "type": principal.subject_type,
         "issuer": principal.issuer,
@@ -174,6 +193,11 @@ def _subject(principal: Principal) -> dict[str, Any]:
         "roles": list(principal.roles),
         "claims": _plain(principal.claims),
     }
+    for name, value in principal.attributes.items():
+        # SECURITY: a mapped attribute never overrides a verified key (settings refuses the
+        # names too; this keeps the function safe for any caller).
+        subject.setdefault(str(name), _plain(value))
+    return subject
 
 
 def _summary(principal: Principal) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 # title: agentgate authorization decision
 # description: |
 #   The one document the gateway queries (DESIGN.md §7): data.agentgate.authz.decision.
-#   Any deny reason from abac, behavior, rebac or segments wins (the lexically first is
+#   Any deny reason from abac, behavior, rebac, segments or txn wins (the lexically first is
 #   reported); otherwise RBAC decides. An allow carries the scopes the RBAC grant confers,
 #   narrowed by the delegation chain; the gateway intersects them with the subject's own
 #   scopes.
@@ -14,6 +14,7 @@ import data.agentgate.behavior
 import data.agentgate.rbac
 import data.agentgate.rebac
 import data.agentgate.segments
+import data.agentgate.txn
 
 # METADATA
 # entrypoint: true
@@ -67,6 +68,8 @@ deny_reasons contains reason if some reason in behavior.deny
 deny_reasons contains reason if some reason in rebac.deny
 
 deny_reasons contains reason if some reason in segments.deny
+
+deny_reasons contains reason if some reason in txn.deny
 
 # The delegation chain allows none of the scopes the RBAC grant confers.
 deny_reasons contains "rebac:scope_not_delegated" if {

@@ -190,3 +190,36 @@ test_token_exchange_denied_for_foreign_workload if {
 	d.allow == false
 	d.reason == "exchange:client_not_allowed"
 }
+
+# An east-west hop (mtls + txn_token) through the shipped data: data.txn.routes.internal
+# accepts transactions that started on route flights only.
+ops_east_west := {
+	"request": {"method": "GET", "path": "/internal/jobs", "time_ns": ten_am},
+	"source": {"segment": "service"},
+	"route": {"name": "internal", "segment": "internal", "tags": []},
+	"subject": {"id": "ops", "type": "user", "scopes": ["internal.admin"], "roles": []},
+	"actors": [{"sub": "spiffe://example.org/service/scheduler"}],
+	"mode": "obo_user",
+	"caller": "agent",
+	"authn": {"methods": ["mtls", "txn_token"], "sender_constrained": "none"},
+	"txn": {
+		"id": "0b6c5d2e-1111-4222-8333-944455556666",
+		"scope": ["internal.admin"],
+		"tctx": {"route": "flights"},
+		"rctx": {"a2a": {"hop": 1}},
+	},
+}
+
+test_east_west_hop_from_allowed_origin if {
+	d := authz.decision with input as ops_east_west
+		with data.delegations.ops as {"spiffe://example.org/service/scheduler": {"routes": ["internal"]}}
+	d.allow == true
+}
+
+test_east_west_hop_from_other_origin_is_denied if {
+	doc := json.patch(ops_east_west, [{"op": "replace", "path": "/txn/tctx/route", "value": "billing-legacy"}])
+	d := authz.decision with input as doc
+		with data.delegations.ops as {"spiffe://example.org/service/scheduler": {"routes": ["internal"]}}
+	d.allow == false
+	d.reason == "txn:origin_not_allowed"
+}

@@ -1,4 +1,4 @@
-"""Three representative requests, as the pipeline would hand them to ``build_input``.
+"""Four representative requests, as the pipeline would hand them to ``build_input``.
 
 Shared by the golden-file test (``tests/golden/input_*.json`` are their inputs), the
 conformance tests and ``bench/bench_pdp.py`` (both read the golden JSON files).
@@ -12,6 +12,7 @@ from typing import Any
 
 from yarl import URL
 
+from gateway.authn.txn_token import principal_from_claims as txn_principal
 from gateway.authz.input import build_input, policy_headers, query_params
 from gateway.context import Actor, Identity, Peer, Principal, RequestFacts
 from gateway.settings import Route, RouteMatch
@@ -42,6 +43,9 @@ FLIGHTS = route(
     tags=("agents", "booking"),
     policy_headers=("content-type", "x-trip-id", "authorization"),
 )
+
+
+INTERNAL = route("internal", "/internal/", "http://127.0.0.1:9003", "internal")
 
 
 def peer(spiffe_path: str) -> Peer:
@@ -183,8 +187,52 @@ def _user_obo_chain() -> Sample:
         facts("req-user-obo", "GET", "/flights/42", "", peer_=pricing),
         FLIGHTS,
         identity,
-        {"txn": {"id": "0b6c5d2e-1111-4222-8333-944455556666", "parent_route": "flights"}},
+        {},  # an ingress request: no Txn-Token, so input.txn is {}
     )
+
+
+def _east_west_txn() -> Sample:
+    """Service booking calls an internal route with the Txn-Token of alice's transaction."""
+    booking = peer("/service/booking")
+    claims: dict[str, Any] = {
+        "iss": "https://gateway.example.org",
+        "iat": 1_767_261_590,
+        "exp": 1_767_261_650,
+        "aud": "example.org",
+        "txn": "0b6c5d2e-1111-4222-8333-944455556666",
+        "sub": "alice",
+        "scope": "flights.read",
+        "req_wl": "spiffe://example.org/gateway",
+        "act": {"sub": "spiffe://example.org/agent/travel"},
+        "tctx": {
+            "route": "flights",
+            "method": "POST",
+            "path": "/flights/42/trips",
+            "subject_type": "user",
+            "mode": "obo_user",
+            "caller": "agent",
+        },
+        "rctx": {
+            "req_ip": "203.0.113.9",
+            "authn": ["mfa", "swk"],
+            "transport": "https",
+            "request_id": "req-ingress",
+            "a2a": {"hop": 1, "caller_agent": "spiffe://example.org/agent/travel"},
+        },
+    }
+    the_facts = facts("req-east-west", "GET", "/internal/bookings/42", "", peer_=booking)
+    txn = txn_principal("txn_token", claims, the_facts)
+    mtls = Principal(
+        method="mtls",
+        subject=str(booking.spiffe_id),
+        subject_type="service",
+        issuer="spiffe://example.org",
+        amr=("swk",),
+    )
+    identity = Identity(
+        txn, MappingProxyType({"mtls": mtls, "txn_token": txn}), caller="agent", mode="obo_user"
+    )
+    return Sample("east_west_txn", the_facts, INTERNAL, identity, {})
 
 
 def _api_key_partner() -> Sample:
@@ -205,5 +253,5 @@ def _api_key_partner() -> Sample:
 
 
 SAMPLES: dict[str, Sample] = {
-    s.name: s for s in (_mtls_agent(), _user_obo_chain(), _api_key_partner())
+    s.name: s for s in (_mtls_agent(), _user_obo_chain(), _api_key_partner(), _east_west_txn())
 }

@@ -162,3 +162,44 @@ def test_claims_mapping_proxy_is_copied_to_plain_dict() -> None:
     document = build_input(facts("r", "GET", "/"), FLIGHTS, identity, {}, {})
     assert document["subject"]["claims"] == {"nested": {"k": ["a", "b"]}}
     assert type(document["subject"]["claims"]) is dict
+
+
+def test_east_west_txn_comes_from_the_txn_token_principal() -> None:
+    # issue 13: input.txn used to be {} on every live request.
+    document = SAMPLES["east_west_txn"].input()
+    txn = document["txn"]
+    assert txn["id"] == "0b6c5d2e-1111-4222-8333-944455556666"
+    assert txn["sub"] == document["subject"]["id"] == "alice"
+    assert txn["scope"] == ["flights.read"]
+    assert txn["tctx"]["route"] == "flights"
+    assert txn["rctx"]["a2a"]["hop"] == 1
+    # The token's own chain; input.actors also has this hop's peer on top.
+    assert txn["actors"] == [{"sub": "spiffe://example.org/agent/travel"}]
+    assert document["actors"][0] == {"sub": "spiffe://example.org/service/booking"}
+    assert "iat" not in txn
+    assert "exp" not in txn
+    # An explicit txn= still wins (enrichment), and non-Txn-Token requests get {}.
+    explicit = build_input(
+        SAMPLES["east_west_txn"].facts,
+        FLIGHTS,
+        SAMPLES["east_west_txn"].identity,
+        {},
+        {},
+        txn={"x": 1},
+    )
+    assert explicit["txn"] == {"x": 1}
+    assert SAMPLES["user_obo_chain"].input()["txn"] == {}
+
+
+def test_mapped_attributes_never_override_verified_subject_keys() -> None:
+    principal = Principal(
+        method="bearer",
+        subject="53f8-uuid",
+        subject_type="user",
+        attributes=MappingProxyType({"username": "alice", "id": "admin", "type": "agent"}),
+    )
+    identity = Identity(principal, {"bearer": principal}, caller="human_api", mode="self")
+    subject = build_input(facts("r", "GET", "/flights/"), FLIGHTS, identity, {}, {})["subject"]
+    assert subject["username"] == "alice"
+    assert subject["id"] == "53f8-uuid"
+    assert subject["type"] == "user"
