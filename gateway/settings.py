@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -298,6 +299,24 @@ class JWKSCache(Strict):
     fetch_timeout_s: float = Field(2.0, gt=0)
 
 
+# Names of input.subject that a claims mapping may not take over (``roles`` merges instead).
+RESERVED_SUBJECT_KEYS = frozenset({"id", "type", "issuer", "scopes", "client_id", "claims"})
+_CLAIM_TARGET = r"^[a-z][a-z0-9_]{0,31}$"
+_CLAIM_PATH = r"^[A-Za-z0-9_:\-]+(\.[A-Za-z0-9_:\-]+){0,7}$"
+IntrospectMode = Literal["opaque", "always"]
+
+
+def _claim_mapping(value: dict[str, str]) -> dict[str, str]:
+    for target, path in value.items():
+        if not re.fullmatch(_CLAIM_TARGET, target):
+            raise ValueError(f"claims: {target!r} must match {_CLAIM_TARGET}")
+        if target in RESERVED_SUBJECT_KEYS:
+            raise ValueError(f"claims: {target!r} is a reserved input.subject key")
+        if not re.fullmatch(_CLAIM_PATH, path):
+            raise ValueError(f"claims.{target}: {path!r} is not a dotted claim path")
+    return value
+
+
 class Issuer(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     issuer: str
@@ -309,6 +328,13 @@ class Issuer(Strict):
     require_typ: str | None = "at+jwt"  # None: accept a JWT without typ (not recommended)
     jwks_cache: JWKSCache = JWKSCache()
     introspection: Introspection | None = None
+    # "always": a verified JWT is also introspected (revocation that only the AS knows).
+    introspect: IntrospectMode = "opaque"
+    # input.subject.<name> <- the claim at a dotted path; "roles" merges into subject.roles.
+    claims: Annotated[dict[str, str], AfterValidator(_claim_mapping)] = Field(default_factory=dict)
+    # A token without a user session whose preferred_username starts with this prefix is a
+    # service account (Keycloak: "service-account-<client>"), i.e. an agent. None: off.
+    service_account_prefix: str | None = "service-account-"
 
     @model_validator(mode="after")
     def _keys(self) -> Self:
@@ -316,6 +342,8 @@ class Issuer(Strict):
             raise ValueError("exactly one of jwks_uri or jwks_file is required")
         if self.jwks_uri is not None and self.jwks_file is not None:
             raise ValueError("jwks_uri and jwks_file are mutually exclusive")
+        if self.introspect == "always" and self.introspection is None:
+            raise ValueError("introspect: always needs introspection settings")
         return self
 
 
@@ -348,9 +376,13 @@ class DPoPSettings(Strict):
 
 
 class BearerMethod(Strict):
+    """``require_typ`` and ``introspect`` left unset inherit each issuer's; set (``null``
+    included: no typ check) they override it for this method."""
+
     type: Literal["bearer"] = "bearer"
     issuers: tuple[str, ...]
     require_typ: str | None = "at+jwt"
+    introspect: IntrospectMode | None = None
     sender_constraint: Literal["off", "optional", "required"] = "optional"
     max_token_bytes: int = Field(8192, ge=256, le=65536)
     dpop: DPoPSettings = DPoPSettings()
@@ -703,7 +735,36 @@ CredentialSettings = Annotated[
 ]
 
 
-AuthnTree = str | dict[str, list[Any]]
+AuthnTree = str | dict[str, Any]
+BIND_KINDS = ("actor", "assertion")  # bearer act.sub / jwt_assertion iss, against the peer
+
+
+class Bind(Strict):
+    """Identity binding across methods (README "Binding identities"): each key names a
+    credential whose claimed workload must be the mTLS peer. Empty: no binding."""
+
+    actor: Literal["peer"] | None = None
+    assertion: Literal["peer"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        # `bind: off` (YAML 1.1 reads it as false) and `bind: {}` both mean "no binding".
+        return {} if value is False or value == "off" or value is None else value
+
+
+def parse_bind(value: Any) -> Bind:
+    """A ``bind`` value of a route or an ``all_of`` node; ValueError if malformed."""
+    try:
+        return Bind.model_validate(value)
+    except ValidationError:
+        raise ValueError("bind must be off, {} or a mapping of actor/assertion to 'peer'") from None
+
+
+def tree_node(node: dict[str, Any]) -> tuple[str, list[Any], Bind | None]:
+    """(operator, children, explicit bind or None) of a validated tree node."""
+    op = next(k for k in node if k != "bind")
+    return op, node[op], parse_bind(node["bind"]) if "bind" in node else None
 
 
 def _check_tree(node: Any, path: str = "") -> None:
@@ -712,11 +773,20 @@ def _check_tree(node: Any, path: str = "") -> None:
     at = f"<at:{path}> " if path else ""
     if isinstance(node, str):
         return
-    if not isinstance(node, dict) or len(node) != 1:
+    ops = [k for k in node if k != "bind"] if isinstance(node, dict) else []
+    if len(ops) != 1:
         raise ValueError(f"{at}must be a method name or one of {{any_of: [...]}} {{all_of: [...]}}")
-    ((op, children),) = node.items()
+    op, children = ops[0], node[ops[0]]
     if op not in ("any_of", "all_of"):
         raise ValueError(f"{at}unknown operator {op!r} (any_of | all_of)")
+    if "bind" in node:
+        where = f"<at:{path}.bind>" if path else "<at:bind>"
+        if op != "all_of":
+            raise ValueError(f"{where} only an all_of node (or the route) can bind")
+        try:
+            parse_bind(node["bind"])
+        except ValueError as exc:
+            raise ValueError(f"{where} {exc}") from None
     inner = f"{path}.{op}" if path else op
     if not isinstance(children, list) or not children:
         raise ValueError(f"<at:{inner}> must be a non-empty list")
@@ -728,9 +798,8 @@ def tree_names(node: Any) -> set[str]:
     if isinstance(node, str):
         return {node}
     names: set[str] = set()
-    for children in node.values():
-        for child in children:
-            names |= tree_names(child)
+    for child in tree_node(node)[1]:
+        names |= tree_names(child)
     return names
 
 
@@ -746,6 +815,9 @@ class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: RouteMatch = RouteMatch()
     authn: AuthnTree | None = None
+    # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);
+    # a value binds the whole tree; `off` / {} also switches the defaults off.
+    bind: Bind | None = None
     upstream: str
     upstream_tls: UpstreamTLS | None = None
     strip_prefix: bool = False
@@ -828,11 +900,16 @@ class Settings(Strict):
                 if isinstance(method, TxnTokenMethod):
                     problems.append(f"authn.{name}: the txn_token method needs txn_tokens")
         issuer_names = {iss.name for iss in self.issuers}
+        by_name = {iss.name: iss for iss in self.issuers}
         for name, method in self.authn.items():
             if isinstance(method, BearerMethod):
                 for iss in method.issuers:
                     if iss not in issuer_names:
                         problems.append(f"authn.{name}.issuers: issuer {iss!r} is not defined")
+                    elif method.introspect == "always" and by_name[iss].introspection is None:
+                        problems.append(
+                            f"authn.{name}.introspect: issuer {iss!r} has no introspection"
+                        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -860,7 +937,7 @@ def _tagged_position(parts: list[str]) -> bool:
     return len(parts) >= 2 and parts[-2] in ("authn", "credentials")
 
 
-_TAGS = frozenset({"str", "dict[str,list[any]]"})
+_TAGS = frozenset({"str", "dict[str,any]"})
 _DISCRIMINATED = frozenset(
     {
         *AUTHN_TYPES,

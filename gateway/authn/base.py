@@ -56,12 +56,12 @@ def challenge(scheme: str, **params: str) -> str:
     return f"{scheme} {', '.join(parts)}" if parts else scheme
 
 
-def invalid_token(description: str, *, scheme: str = "Bearer", detail: str = "") -> Unauthorized:
+def invalid_token(
+    description: str, *, scheme: str = "Bearer", detail: str = "", reason: str = "authn_invalid"
+) -> Unauthorized:
     """401 per RFC 6750 §3.1; ``description`` is public, keep it generic."""
     header = challenge(scheme, realm=REALM, error="invalid_token", error_description=description)
-    return Unauthorized(
-        detail or description, reason="authn_invalid", headers={"WWW-Authenticate": header}
-    )
+    return Unauthorized(detail or description, reason=reason, headers={"WWW-Authenticate": header})
 
 
 def invalid_request(description: str, *, scheme: str = "Bearer") -> BadRequest:

@@ -16,11 +16,35 @@ A route's ``authn`` is a method name or a tree of ``{any_of: [...]}`` /
 The result is an :class:`gateway.context.Identity`: the primary principal (the
 most specific success: a token's subject beats the certificate that carried
 it), every successful result by method name, the caller type and the mode.
+
+**Identity binding** (README "Binding identities"), checked here, before the PDP. A binding
+belongs to an ``all_of`` node (``{all_of: [...], bind: {...}}``) or to the whole route
+(``routes[].bind``) and applies when that node holds. Each key names a credential whose
+*claimed workload* must be the *peer*: the SPIFFE ID of the connection's verified client
+certificate (the identity the ``mtls`` method authenticates):
+
+* ``actor: peer`` -- every successful ``bearer`` method in the subtree: its claimed workload
+  is the current actor ``act.sub`` (RFC 8693 §4.1) when the token has an ``act`` chain;
+  without one, its ``sub`` when that is a SPIFFE ID (an agent's own token). A user's token
+  without ``act``, or a client whose ``sub`` is an IdP-internal id, claims no workload and is
+  not compared (``cnf.x5t#S256`` binds such tokens cryptographically).
+* ``assertion: peer`` -- every successful ``jwt_assertion`` method in the subtree: its
+  claimed workload is the agent (the assertion's ``iss`` = ``sub``) or that agent's registered
+  ``subject``; either must equal the peer.
+
+Strings are compared exactly (SPIFFE IDs are canonical, :mod:`gateway.spiffe`). A mismatch,
+or a claimed workload with no peer to compare it with, is 401 ``invalid_token``
+(reason ``authn_binding_mismatch``) with a precise public description; the log line names
+both identities. Defaults: with no ``routes[].bind``, every ``all_of`` node whose subtree
+combines an ``mtls`` method with a ``bearer`` (``actor``) or ``jwt_assertion``
+(``assertion``) method binds them; ``bind: off`` (or ``{}``) on a node or the route turns
+that off (the route's also turns off the defaults inside its tree).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,7 +54,7 @@ from gateway.authn.base import REALM, Method, challenge, invalid_token
 from gateway.authn.basic import BasicAuthenticator
 from gateway.authn.hmac_signature import HMACSignatureAuthenticator
 from gateway.authn.jwt_assertion import JWTAssertionAuthenticator
-from gateway.authn.jwt_bearer import JWTBearerAuthenticator
+from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
 from gateway.authn.mtls import MTLSAuthenticator
 from gateway.authn.txn_token import TxnTokenAuthenticator
 from gateway.context import CallerType, Identity, Mode, Principal, RequestFacts
@@ -39,12 +63,14 @@ from gateway.settings import (
     APIKeyMethod,
     BasicMethod,
     BearerMethod,
+    Bind,
     CallerRules,
     HMACMethod,
     JWTAssertionMethod,
     MTLSMethod,
     Settings,
     TxnTokenMethod,
+    tree_node,
 )
 from gateway.state import ReplayCache
 from gateway.txn import TxnTokenVerifier
@@ -63,6 +89,50 @@ _PRIMARY_ORDER = {
 }
 
 _Outcome = Principal | GatewayError | None
+
+# The method type whose credential each binding kind constrains.
+_BOUND_TYPE = {"actor": "bearer", "assertion": "jwt_assertion"}
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One ``bind`` of a tree node: ``kinds`` of the methods in ``names`` must match the peer."""
+
+    node: Any  # the tree node whose holding activates the check
+    names: tuple[str, ...]  # methods in that node's subtree
+    kinds: tuple[str, ...]  # "actor", "assertion"
+
+
+def compile_bindings(
+    tree: Any, route_bind: Bind | None, types: Mapping[str, str]
+) -> tuple[Binding, ...]:
+    """Every binding of a route's tree (see the module docstring for the defaults)."""
+    out: list[Binding] = []
+
+    def kinds_of(bind: Bind) -> tuple[str, ...]:
+        return tuple(kind for kind in _BOUND_TYPE if getattr(bind, kind) == "peer")
+
+    def visit(node: Any) -> None:
+        if isinstance(node, str):
+            return
+        op, children, bind = tree_node(node)
+        names = tuple(_names_in_order(node))
+        if bind is not None:
+            kinds = kinds_of(bind)
+        elif op == "all_of" and route_bind is None:
+            present = {types[n] for n in names}
+            kinds = tuple(k for k, t in _BOUND_TYPE.items() if "mtls" in present and t in present)
+        else:
+            kinds = ()
+        if kinds:
+            out.append(Binding(node, names, kinds))
+        for child in children:
+            visit(child)
+
+    if route_bind is not None and kinds_of(route_bind):
+        out.append(Binding(tree, tuple(_names_in_order(tree)), kinds_of(route_bind)))
+    visit(tree)
+    return tuple(out)
 
 
 def build_methods(
@@ -115,6 +185,11 @@ class AuthnService:
         self.txn_methods = frozenset(n for n, t in self._types.items() if t == "txn_token")
         self._rules = settings.callers
         self._challenges: dict[int, str] = {}
+        self._bindings = {
+            r.name: compile_bindings(r.authn, r.bind, self._types)
+            for r in settings.routes
+            if r.authn is not None
+        }
 
     async def start(self) -> None:
         for method in self.methods.values():
@@ -180,8 +255,31 @@ class AuthnService:
                 public="authentication required",
                 headers={"WWW-Authenticate": self._challenge(tree)},
             )
+        bindings = self._bindings.get(route.name)
+        if bindings is None:  # a route this service was not built with (tests, tools)
+            bindings = compile_bindings(tree, route.settings.bind, self._types)
+        for binding in bindings:
+            # SECURITY: before the PDP, identities proven by different methods must agree.
+            self._check_binding(binding, outcomes, facts)
         results = {n: o for n, o in outcomes.items() if isinstance(o, Principal)}
         return self._identity(results, request, facts)
+
+    def _check_binding(
+        self, binding: Binding, outcomes: Mapping[str, _Outcome], facts: RequestFacts
+    ) -> None:
+        if not _holds(binding.node, outcomes):
+            return
+        successes = [(n, o) for n in binding.names if isinstance(o := outcomes.get(n), Principal)]
+        peer = facts.peer.spiffe_id if facts.peer is not None else None
+        for kind in binding.kinds:
+            for name, principal in successes:
+                if self._types[name] != _BOUND_TYPE[kind]:
+                    continue
+                claimed = claimed_workload(kind, principal)
+                if not claimed:
+                    continue
+                if not isinstance(peer, str) or peer not in claimed:
+                    raise binding_mismatch(kind, name, claimed, peer)
 
     def _challenge(self, tree: Any) -> str:
         key = id(tree)
@@ -212,22 +310,49 @@ class AuthnService:
         )
 
 
+def claimed_workload(kind: str, principal: Principal) -> tuple[str, ...]:
+    """The identities a credential claims for the calling workload (empty: none to bind).
+
+    ``actor``: the current actor ``act.sub``; without ``act``, the subject when it is a
+    SPIFFE ID. ``assertion``: the agent id (``iss`` = ``sub``) and its registered subject.
+    """
+    if kind == "actor":
+        if principal.actors:
+            return (principal.actors[0].sub,)
+        return (principal.subject,) if principal.subject.startswith("spiffe://") else ()
+    iss = principal.claims.get("iss")
+    return tuple(dict.fromkeys(x for x in (iss, principal.subject) if isinstance(x, str) and x))
+
+
+def binding_mismatch(kind: str, method: str, claimed: Sequence[str], peer: object) -> Unauthorized:
+    """401 ``invalid_token`` for a failed binding: precise in public, identities in the log."""
+    what = "token's current actor" if kind == "actor" else "agent assertion's agent"
+    if not isinstance(peer, str):
+        public = f"the {what} needs a client certificate (SPIFFE ID) to bind to"
+    else:
+        public = f"the {what} is not the client certificate's SPIFFE ID"
+    detail = (
+        f"bind {kind}: {method} claims {shown(list(claimed))}, "
+        f"peer is {shown(peer) if isinstance(peer, str) else 'absent'}"
+    )
+    return invalid_token(public, detail=detail, reason="authn_binding_mismatch")
+
+
 def _names_in_order(tree: Any) -> list[str]:
     if isinstance(tree, str):
         return [tree]
     names: list[str] = []
-    for children in tree.values():
-        for child in children:
-            for name in _names_in_order(child):
-                if name not in names:
-                    names.append(name)
+    for child in tree_node(tree)[1]:
+        for name in _names_in_order(child):
+            if name not in names:
+                names.append(name)
     return names
 
 
 def _holds(tree: Any, outcomes: Mapping[str, _Outcome]) -> bool:
     if isinstance(tree, str):
         return isinstance(outcomes.get(tree), Principal)
-    ((op, children),) = tree.items()
+    op, children, _ = tree_node(tree)
     checks = (_holds(child, outcomes) for child in children)
     return any(checks) if op == "any_of" else all(checks)
 

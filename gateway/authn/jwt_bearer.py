@@ -39,15 +39,29 @@ Sender constraints (never weakened by configuration):
 
 Verified JWTs are cached by SHA-256 of the token until ``min(exp, now + 300 s)``; the
 proof-of-possession checks run on every request regardless.
+
+``introspect: always`` (on the method, else the issuer): a verified JWT is *also* introspected
+at its issuer (RFC 7662), on every presentation, cached or not; an inactive answer is 401
+(revocation that only the authorization server knows, e.g. a Keycloak logout). The
+introspection client caches active answers for ``min(exp, max_cache_s)``.
+
+``require_typ`` set on the method (``null`` included: no typ check beyond "not another JWT
+kind") overrides the issuer's; left unset, each issuer's applies.
+
+Diagnostics: a refusal's public ``error_description`` stays generic; the log line (the
+error's ``detail``) says what was wanted and what came -- ``typ at+jwt wanted, got JWT``,
+``aud wanted [...], got [...]``, ``expired 42 s ago`` -- naming the token only by a SHA-256
+prefix. Values copied from the token are truncated and stripped of control characters.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
@@ -110,6 +124,33 @@ _USER_CLAIMS = frozenset(
     {"auth_time", "acr", "amr", "email", "preferred_username", "name", "given_name",
      "family_name", "username"}
 )  # fmt: skip
+# Claims that name a user's login session (OIDC Core §2 sid; Keycloak's session_state).
+_SESSION_CLAIMS = frozenset({"sid", "session_state", "auth_time"})
+
+
+class Refusal(TokenError):
+    """A refused token, with a log-only ``diagnostic``: what was wanted and what came.
+
+    ``str()`` stays the generic public text (RFC 6750 ``error_description``); the diagnostic
+    goes to the error's ``detail`` (the log line), never to the client.
+    """
+
+    def __init__(self, public: str, diagnostic: str) -> None:
+        super().__init__(public)
+        self.diagnostic = diagnostic
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """A token-supplied value fit for a log line: JSON, printable ASCII, at most ``limit``."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    # SECURITY: no CR/LF or escape sequences from an attacker's token reach the log.
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def token_ref(token: str) -> str:
+    """How a log line names a token: a SHA-256 prefix, never the token (DESIGN.md §5)."""
+    return "sha256:" + hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:12]
 
 
 class _Verified(NamedTuple):
@@ -144,6 +185,7 @@ class JWTBearerAuthenticator:
         self._by_iss = {issuer.issuer: issuer for issuer in self._issuers}
         self._algs = frozenset(alg for issuer in self._issuers for alg in issuer.algorithms)
         self._typ = {issuer.name: self._expected_typ(issuer) for issuer in self._issuers}
+        self._introspect_always = _introspected_always(name, cfg, self._issuers)
         self._owned: list[JWKSClient | IntrospectionClient] = []
         self._jwks = self._build_jwks(jwks_clients or {})
         self._introspectors = self._build_introspectors(introspectors or {})
@@ -178,6 +220,7 @@ class JWTBearerAuthenticator:
                 client = IntrospectionClient(issuer, clock=self._clock)
                 self._owned.append(client)
             clients.append(client)
+        self._introspector_of = {client.issuer.name: client for client in clients}
         return clients
 
     # ------------------------------------------------------------------ Method protocol
@@ -205,6 +248,11 @@ class JWTBearerAuthenticator:
         """Entries in the verified-token cache (metrics, tests)."""
         return len(self._cache)
 
+    @property
+    def introspection_requests(self) -> int:
+        """Calls made to the issuers' introspection endpoints (metrics, tests)."""
+        return sum(client.requests for client in self._introspectors)
+
     def challenge(self) -> str:
         """``Bearer realm="agentgate"``, plus ``DPoP algs="..."`` while DPoP is accepted."""
         bearer = challenge("Bearer", realm=REALM)
@@ -226,7 +274,7 @@ class JWTBearerAuthenticator:
         try:
             verified = await self._verified(token)
         except TokenError as exc:
-            raise invalid_token(str(exc), scheme=presented) from None
+            raise self._refused(exc, token, presented) from None
         if verified.jkt is not None or verified.x5t is not None or presented == "DPoP":
             await self._prove(verified, presented, token, request, facts)
         return verified.principal
@@ -240,41 +288,73 @@ class JWTBearerAuthenticator:
         try:
             verified = await self._verified(token)
         except TokenError as exc:
-            raise invalid_token(str(exc)) from None
+            raise self._refused(exc, token, "Bearer") from None
         if verified.jkt is not None or verified.x5t is not None:
             raise invalid_token("sender-constrained token cannot be exchanged here")
         return verified.principal
+
+    def _refused(self, exc: TokenError, token: str, scheme: str) -> Exception:
+        """401 ``invalid_token``: generic public text, the diagnostic in the log detail."""
+        diagnostic = exc.diagnostic if isinstance(exc, Refusal) else str(exc)
+        detail = f"authn.{self.name}: {diagnostic} (token {token_ref(token)})"
+        return invalid_token(str(exc), scheme=scheme, detail=detail)
 
     # ------------------------------------------------------------------ verification
 
     async def _verified(self, token: str) -> _Verified:
         if len(token) > self.cfg.max_token_bytes:
-            raise TokenError("token too large")
+            raise Refusal(
+                "token too large", f"{len(token)} bytes, at most {self.cfg.max_token_bytes}"
+            )
         cache_key = b""
         if self.cfg.verified_cache_entries:
             cache_key = hashlib.sha256(token.encode("ascii")).digest()
             entry = self._cache.get(cache_key)
             if entry is not None:
                 if self._clock() < entry.until and self._keys_usable(entry):
+                    await self._still_active(token, entry)
                     return entry
                 del self._cache[cache_key]
         jws = _jws_or_none(token, self.cfg.max_token_bytes, self._headers)
         if jws is None:
             return await self._introspect(token)
-        verified = await self._verify_jwt(jws)
+        try:
+            verified = await self._verify_jwt(jws)
+        except Refusal:
+            raise
+        except TokenError as exc:
+            raise Refusal(str(exc), f"{exc} ({_jws_context(jws)})") from None
+        await self._still_active(token, verified)
         self._remember(cache_key, verified)
         return verified
 
+    async def _still_active(self, token: str, verified: _Verified) -> None:
+        """``introspect: always``: the issuer must still call this verified JWT active."""
+        issuer = self._by_iss.get(verified.principal.issuer or "")
+        if issuer is None or issuer.name not in self._introspect_always:
+            return
+        client = self._introspector_of[issuer.name]
+        try:
+            await client.introspect(token)
+        except InactiveToken:
+            raise Refusal(
+                "token is not active",
+                f"issuer {issuer.name} introspection: active is not true (revoked or expired)",
+            ) from None
+
     async def _verify_jwt(self, jws: CompactJWS) -> _Verified:
         # SECURITY: refuse algorithms no issuer of ours allows before reading the payload.
-        check_alg(jws.alg, self._algs)
+        _check_alg(jws.alg, self._algs)
         claims = jws.claims()  # untrusted until the signature is checked below
         iss = claims.get("iss")
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
-            raise TokenError("unknown token issuer")
+            raise Refusal(
+                "unknown token issuer",
+                f"iss {shown(iss)} wanted one of {shown(sorted(self._by_iss))}",
+            )
         self._check_typ(jws.typ, issuer)
-        check_alg(jws.alg, issuer.algorithms)
+        _check_alg(jws.alg, issuer.algorithms, issuer.name)
         jwks = self._jwks.get(issuer.name)
         if jwks is None:
             raise TokenError("issuer does not sign access tokens")
@@ -293,20 +373,27 @@ class JWTBearerAuthenticator:
         return client is None or client.ready()
 
     def _expected_typ(self, issuer: Issuer) -> str | None:
-        """The normalised ``typ`` required of this issuer's tokens; None when relaxed."""
-        if issuer.require_typ is None:
-            return None
-        return normalize_typ(self.cfg.require_typ or issuer.require_typ)
+        """The normalised ``typ`` required of this issuer's tokens; None when relaxed.
+
+        The method's ``require_typ`` wins when it was set (``null`` included); otherwise
+        the issuer's applies.
+        """
+        if "require_typ" in self.cfg.model_fields_set:
+            wanted = self.cfg.require_typ
+        else:
+            wanted = issuer.require_typ
+        return normalize_typ(wanted) if wanted is not None else None
 
     def _check_typ(self, typ: str | None, issuer: Issuer) -> None:
         expected = self._typ[issuer.name]
+        got = "none" if typ is None else shown(typ, 40)
         if expected is not None:
             if typ is None or normalize_typ(typ) != expected:
-                raise TokenError("wrong token type")
+                raise Refusal("wrong token type", f"typ {expected} wanted, got {got}")
         elif typ is not None and normalize_typ(typ) not in ("jwt", "at+jwt"):
             # SECURITY: RFC 8725 §2.8 -- even relaxed, another JWT kind (dpop+jwt,
             # txntoken+jwt, ...) is never accepted as an access token.
-            raise TokenError("wrong token type")
+            raise Refusal("wrong token type", f"typ JWT or at+jwt wanted, got {got}")
 
     async def _introspect(self, token: str) -> _Verified:
         unavailable: IntrospectionUnavailable | None = None
@@ -321,7 +408,10 @@ class JWTBearerAuthenticator:
             return self._result(claims, client.issuer, until=0.0)
         if unavailable is not None:
             raise unavailable  # SECURITY: could not decide -> 503, never accept
-        raise TokenError("token is not active" if self._introspectors else "malformed token")
+        if self._introspectors:
+            names = shown([c.issuer.name for c in self._introspectors])
+            raise Refusal("token is not active", f"opaque token inactive at issuers {names}")
+        raise Refusal("malformed token", "not a JWS and no issuer introspects opaque tokens")
 
     def _result(self, claims: Mapping[str, Any], issuer: Issuer, *, until: float) -> _Verified:
         jkt, x5t = _bindings(claims)
@@ -331,7 +421,13 @@ class JWTBearerAuthenticator:
             "dpop" if jkt is not None else "mtls" if x5t is not None else "none"
         )
         principal = principal_from_claims(
-            self.name, claims, issuer.issuer, self.trust_domain, sender_constraint=constraint
+            self.name,
+            claims,
+            issuer.issuer,
+            self.trust_domain,
+            sender_constraint=constraint,
+            mapping=issuer.claims,
+            service_account_prefix=issuer.service_account_prefix,
         )
         return _Verified(principal=principal, jkt=jkt, x5t=x5t, until=until)
 
@@ -388,6 +484,37 @@ def _select_issuers(name: str, cfg: BearerMethod, issuers: Sequence[Issuer]) -> 
     if problems:
         raise ConfigError(problems)
     return selected
+
+
+def _introspected_always(name: str, cfg: BearerMethod, issuers: Sequence[Issuer]) -> frozenset[str]:
+    """Names of the issuers whose verified JWTs are also introspected (``introspect``)."""
+    always = [i for i in issuers if (cfg.introspect or i.introspect) == "always"]
+    lacking = [i.name for i in always if i.introspection is None]
+    if lacking:
+        # SECURITY: never silently skip a check the operator asked for.
+        raise ConfigError(
+            [(f"authn.{name}.introspect", f"issuer {n!r} has no introspection") for n in lacking]
+        )
+    return frozenset(i.name for i in always)
+
+
+def _check_alg(alg: str, allowed: Collection[str], issuer: str | None = None) -> None:
+    try:
+        check_alg(alg, allowed)
+    except TokenError as exc:
+        whose = f" of issuer {issuer}" if issuer else ""
+        raise Refusal(
+            str(exc), f"alg {shown(alg, 20)} not allowed, wanted one of {sorted(allowed)}{whose}"
+        ) from None
+
+
+def _jws_context(jws: CompactJWS) -> str:
+    """The unverified header facts of a refused token, for the log line."""
+    try:
+        iss = jws.claims().get("iss")
+    except TokenError:
+        iss = None
+    return f"iss {shown(iss)}, alg {shown(jws.alg, 20)}, kid {shown(jws.kid, 40)}"
 
 
 def _refuse_token_in_query(raw_query: str) -> None:
@@ -458,16 +585,26 @@ def check_jwt_claims(claims: Mapping[str, Any], issuer: Issuer, now: float) -> f
     leeway = issuer.leeway_s
     exp = _number(claims, "exp", required=True)
     if exp is None or now >= exp + leeway:
-        raise TokenError("token expired")
+        late = now - (exp or 0)
+        raise Refusal("token expired", f"expired by {late:.0f} s (leeway {leeway:g} s)")
     nbf = _number(claims, "nbf", required=False)
     if nbf is not None and nbf > now + leeway:
-        raise TokenError("token not yet valid")
+        early = nbf - now
+        raise Refusal("token not yet valid", f"nbf {early:.0f} s ahead (leeway {leeway:g} s)")
     iat = _number(claims, "iat", required=True)
     if iat is not None and iat > now + leeway:
-        raise TokenError("token issued in the future")
+        ahead = iat - now
+        raise Refusal(
+            "token issued in the future", f"iat {ahead:.0f} s ahead (leeway {leeway:g} s)"
+        )
     if "aud" not in claims:
         raise TokenError("missing aud")
-    check_audience(claims["aud"], issuer.audience)
+    try:
+        check_audience(claims["aud"], issuer.audience)
+    except TokenError as exc:
+        wanted = [issuer.audience] if isinstance(issuer.audience, str) else list(issuer.audience)
+        detail = f"aud wanted one of {shown(wanted)}, got {shown(claims['aud'])}"
+        raise Refusal(str(exc), detail) from None
     _string(claims, "sub")
     _string(claims, "jti")
     if not isinstance(claims.get("client_id", claims.get("azp")), str):
@@ -519,14 +656,76 @@ def _actors(act: Any) -> tuple[Actor, ...]:
 
 
 def _subject_type(
-    sub: str, client_id: str | None, claims: Mapping[str, Any], trust_domain: str
+    sub: str,
+    client_id: str | None,
+    claims: Mapping[str, Any],
+    trust_domain: str,
+    service_account_prefix: str | None = None,
 ) -> SubjectType:
-    """``agent`` for a client acting for itself, ``user`` otherwise (see README)."""
+    """``agent`` for a client acting for itself, ``user`` otherwise (README "Bearer tokens").
+
+    In order: a service account -- no user session (none of ``sid``, ``session_state``,
+    ``auth_time``) and ``preferred_username`` starting with ``service_account_prefix``
+    (Keycloak's client-credentials tokens carry ``acr`` and
+    ``preferred_username: service-account-<client>``) -- is an ``agent``; any other token with
+    a claim only human logins carry is a ``user``; a subject equal to the client
+    (``client_id``/``azp``) or a SPIFFE ID of our trust domain is an ``agent``; the rest are
+    ``user``.
+    """
+    username = claims.get("preferred_username")
+    if (
+        service_account_prefix
+        and isinstance(username, str)
+        and username.startswith(service_account_prefix)
+        and client_id is not None
+        and not _SESSION_CLAIMS.intersection(claims)
+    ):
+        return "agent"
     if _USER_CLAIMS.intersection(claims):
         return "user"
     if sub == client_id or sub.startswith(f"spiffe://{trust_domain}/"):
         return "agent"
     return "user"
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` (``realm_access.roles``), or None when absent."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _attribute(value: Any) -> Any:
+    """A mapped claim as policy sees it: scalars and lists of scalars; anything else None."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str | bool | int | float) for v in value):
+        return list(value)
+    return None
+
+
+def mapped_attributes(
+    claims: Mapping[str, Any], mapping: Mapping[str, str]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """(``input.subject`` attributes, extra roles) for an issuer's ``claims`` mapping.
+
+    Every mapped name is present (None when the token lacks the claim), so a policy never
+    guesses between absent and empty. ``roles`` is not an attribute: its strings join the
+    subject's roles.
+    """
+    attributes: dict[str, Any] = {}
+    roles: tuple[str, ...] = ()
+    for name, path in mapping.items():
+        value = _attribute(claim_at(claims, path))
+        if name == "roles":
+            items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            roles = tuple(v for v in items if isinstance(v, str))
+        else:
+            attributes[name] = value
+    return attributes, roles
 
 
 def safe_claims(claims: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -543,8 +742,13 @@ def principal_from_claims(
     trust_domain: str,
     *,
     sender_constraint: SenderConstraint,
+    mapping: Mapping[str, str] | None = None,
+    service_account_prefix: str | None = None,
 ) -> Principal:
-    """Map verified claims (JWT or introspection response) to a :class:`Principal`."""
+    """Map verified claims (JWT or introspection response) to a :class:`Principal`.
+
+    ``mapping`` is the issuer's ``claims`` (see :func:`mapped_attributes`).
+    """
     sub = claims.get("sub", claims.get("client_id"))
     if not isinstance(sub, str) or not sub:
         raise TokenError("missing sub")
@@ -553,18 +757,22 @@ def principal_from_claims(
         raise TokenError("malformed client_id")
     scopes = _strings(claims, "scope") if "scope" in claims else _strings(claims, "scp")
     jti, exp = claims.get("jti"), _number(claims, "exp", required=False)
+    attributes, mapped_roles = mapped_attributes(claims, mapping or {})
+    roles = tuple(dict.fromkeys(_strings(claims, "roles") + mapped_roles))
+    kind = _subject_type(sub, client_id, claims, trust_domain, service_account_prefix)
     return Principal(
         method=method,
         subject=sub,
-        subject_type=_subject_type(sub, client_id, claims, trust_domain),
+        subject_type=kind,
         issuer=issuer,
         scopes=scopes,
         client_id=client_id,
-        roles=_strings(claims, "roles"),
+        roles=roles,
         actors=_actors(claims.get("act")),
         amr=_strings(claims, "amr"),
         sender_constraint=sender_constraint,
         claims=safe_claims(claims),
         expires_at=exp,
         token_id=jti if isinstance(jti, str) else None,
+        attributes=MappingProxyType(attributes),
     )

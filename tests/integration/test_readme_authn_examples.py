@@ -37,7 +37,7 @@ import pytest
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.settings import Route, Settings, parse_settings
+from gateway.settings import Route, Settings, parse_settings, tree_node
 from tests.support import ROOT
 
 README = ROOT / "README.md"
@@ -246,7 +246,7 @@ def method_types(settings: Settings, tree: Any) -> set[str]:
 def operators(tree: Any, depth: int = 0) -> set[tuple[str, int]]:
     if isinstance(tree, str):
         return set()
-    ((op, children),) = tree.items()
+    op, children, _ = tree_node(tree)  # a node may also carry `bind`
     return {(op, depth)} | {x for c in children for x in operators(c, depth + 1)}
 
 

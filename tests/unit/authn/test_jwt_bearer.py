@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from aiohttp.base_protocol import BaseProtocol
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.authn.jose import jwk_thumbprint
-from gateway.authn.jwt_bearer import JWTBearerAuthenticator
+from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
 from gateway.context import BUFFERED_BODY_KEY, Actor, Peer, Principal
 from gateway.devpki import create_ca, issue_leaf
 from gateway.errors import BadRequest, ConfigError, ServiceUnavailable, Unauthorized
@@ -273,6 +274,38 @@ async def test_scopes(
         pytest.param({"sub": "spiffe://example.org/agent/x"}, "agent", id="own-spiffe-workload"),
         pytest.param({"sub": "spiffe://other.org/agent/x"}, "user", id="foreign-spiffe-id"),
         pytest.param({"sub": "svc", "client_id": DROP, "azp": "svc"}, "agent", id="azp-equals-sub"),
+        # Keycloak client credentials: acr + preferred_username, but no user session.
+        pytest.param(
+            {"sub": "53f8-uuid", "acr": "1", "preferred_username": "service-account-planner"},
+            "agent",
+            id="keycloak-service-account",
+        ),
+        pytest.param(
+            {
+                "sub": "53f8-uuid",
+                "azp": "planner",
+                "client_id": DROP,
+                "acr": "1",
+                "preferred_username": "service-account-planner",
+            },
+            "agent",
+            id="keycloak-service-account-azp",
+        ),
+        pytest.param(
+            {
+                "sub": "53f8-uuid",
+                "acr": "1",
+                "sid": "s1",
+                "preferred_username": "service-account-planner",
+            },
+            "user",
+            id="service-account-name-with-a-session",
+        ),
+        pytest.param(
+            {"sub": "df0d-uuid", "acr": "1", "sid": "s1", "preferred_username": "alice"},
+            "user",
+            id="keycloak-user",
+        ),
     ],
 )
 async def test_subject_type(
@@ -387,10 +420,29 @@ async def test_typ_relaxed_by_issuer(make_auth: Factory, typ: str | None, ok: bo
         await refused(auth, mint(typ=typ))
 
 
-async def test_method_without_typ_still_uses_issuer_requirement(make_auth: Factory) -> None:
-    auth = await make_auth(cfg=BearerMethod(issuers=("corp",), require_typ=None))
-    await refused(auth, mint(typ="JWT"))
+@pytest.mark.parametrize(
+    ("method_kw", "issuer_typ", "jwt_ok"),
+    [
+        # issue 13: `require_typ: null` on the method was accepted, then ignored.
+        pytest.param({"require_typ": None}, "at+jwt", True, id="method-null-relaxes"),
+        pytest.param({}, "at+jwt", False, id="method-unset-inherits-issuer"),
+        pytest.param({}, None, True, id="method-unset-inherits-relaxed-issuer"),
+        pytest.param({"require_typ": "at+jwt"}, None, False, id="method-explicit-wins"),
+    ],
+)
+async def test_method_require_typ_overrides_issuer_when_set(
+    make_auth: Factory, method_kw: dict[str, Any], issuer_typ: str | None, jwt_ok: bool
+) -> None:
+    auth = await make_auth(cfg=BearerMethod(issuers=("corp",), **method_kw), require_typ=issuer_typ)
     assert await present(auth, mint(typ="at+jwt")) is not None
+    if jwt_ok:
+        assert await present(auth, mint(typ="JWT")) is not None
+        assert await present(auth, mint(typ=None)) is not None
+    else:
+        err = await refused(auth, mint(typ="JWT"))
+        assert "wrong token type" in err.headers["WWW-Authenticate"]
+    # Relaxed or not, another JWT kind is never an access token (RFC 8725 §2.8).
+    await refused(auth, mint(typ="txntoken+jwt"))
 
 
 # --------------------------------------------------------------------------- presentation
@@ -755,3 +807,112 @@ async def test_jwks_unreachable_is_503(make_auth: Factory) -> None:
 
 async def test_ready_with_static_keys(auth: JWTBearerAuthenticator) -> None:
     assert auth.ready() is True
+
+
+async def test_service_account_prefix_is_per_issuer(make_auth: Factory) -> None:
+    token = claims(sub="53f8-uuid", acr="1", preferred_username="svc-planner")
+    default = await make_auth()
+    custom = await make_auth(service_account_prefix="svc-")
+    off = await make_auth(service_account_prefix=None)
+    robot = claims(sub="53f8-uuid", acr="1", preferred_username="service-account-planner")
+    assert (await present(default, mint(token))).subject_type == "user"  # type: ignore[union-attr]
+    assert (await present(custom, mint(token))).subject_type == "agent"  # type: ignore[union-attr]
+    assert (await present(off, mint(robot))).subject_type == "user"  # type: ignore[union-attr]
+
+
+async def test_claims_mapping_into_subject_attributes(make_auth: Factory) -> None:
+    auth = await make_auth(
+        claims={
+            "username": "preferred_username",
+            "roles": "realm_access.roles",
+            "groups": "groups",
+            "tenant": "org.tenant.id",
+            "missing": "nope.not.here",
+            "odd": "resource_access",
+        }
+    )
+    token = claims(
+        preferred_username="alice",
+        roles=["from-token"],
+        realm_access={"roles": ["traveller", "from-token", 7]},
+        groups=["travellers"],
+        org={"tenant": {"id": "acme"}},
+        resource_access={"account": {"roles": ["x"]}},
+    )
+    principal = await present(auth, mint(token))
+    assert principal is not None
+    assert dict(principal.attributes) == {
+        "username": "alice",
+        "groups": ["travellers"],
+        "tenant": "acme",
+        "missing": None,  # mapped but absent: present, as null
+        "odd": None,  # an object is not an attribute
+    }
+    assert principal.roles == ("from-token", "traveller")  # merged, deduplicated, strings only
+    assert "preferred_username" not in principal.claims  # still dropped from claims
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("JWT", "JWT", id="plain"),
+        pytest.param("a\r\nforged: 1", "a??forged: 1", id="crlf"),
+        pytest.param("\x1b[31mred", "?[31mred", id="escape"),
+        pytest.param("x" * 100, "x" * 77 + "...", id="truncated"),
+        pytest.param(["a", 1], '["a", 1]', id="json"),
+    ],
+)
+def test_shown_is_safe_for_a_log_line(value: Any, expected: str) -> None:
+    assert shown(value) == expected
+
+
+GATEWAY_AUD = '["https://gateway.example.org"]'
+DIAGNOSTICS = [
+    pytest.param({"typ": "JWT"}, {}, "typ at+jwt wanted, got JWT", id="typ"),
+    pytest.param(
+        {"payload": claims(aud="other")},
+        {},
+        f"aud wanted one of {GATEWAY_AUD}, got other",
+        id="aud",
+    ),
+    pytest.param(
+        {"payload": claims(exp=NOW - 100, iat=NOW - 200)},
+        {},
+        "expired by 100 s (leeway 30 s)",
+        id="expired",
+    ),
+    pytest.param({"payload": claims(nbf=NOW + 100)}, {}, "nbf 100 s ahead (leeway 30 s)", id="nbf"),
+    pytest.param(
+        {"payload": claims(iss="https://evil.example")},
+        {},
+        'iss https://evil.example wanted one of ["https://idp.example.org"]',
+        id="iss",
+    ),
+    pytest.param(
+        {"alg": "EdDSA", "key": K["ed"]},
+        {"algorithms": ["ES256"]},
+        "alg EdDSA not allowed, wanted one of ['ES256']",
+        id="alg",
+    ),
+    pytest.param(
+        {"kid": "rotated-away"},
+        {},
+        "unknown signing key (iss https://idp.example.org, alg ES256, kid rotated-away)",
+        id="kid",
+    ),
+]
+
+
+@pytest.mark.parametrize(("token_kw", "issuer_kw", "diagnostic"), DIAGNOSTICS)
+async def test_refusal_detail_names_wanted_and_got(
+    make_auth: Factory, token_kw: dict[str, Any], issuer_kw: dict[str, Any], diagnostic: str
+) -> None:
+    auth = await make_auth(**issuer_kw)
+    payload = token_kw.pop("payload", None)
+    token = mint(payload, **token_kw)
+    err = await refused(auth, token)
+    assert diagnostic in err.detail
+    assert hashlib.sha256(token.encode()).hexdigest()[:12] in err.detail
+    assert token not in err.detail
+    assert "wanted" not in err.headers["WWW-Authenticate"]
+    assert "wanted" not in err.public
