@@ -42,6 +42,20 @@ SERVER = "agentgate"
 OnRefused = Callable[[int, str], None]
 
 
+# HTTP/2 prior knowledge (RFC 9113 §3.3) on this HTTP/1.1 listener: answer with the server
+# preface (an empty SETTINGS frame) and GOAWAY(last stream 0, HTTP_1_1_REQUIRED = 0xd,
+# RFC 9113 §7), so the client reports a clear error instead of an empty reply.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_DEBUG = b"agentgate speaks HTTP/1.1 only"
+H2_REFUSAL = (
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # SETTINGS, length 0, stream 0
+    + (8 + len(_H2_DEBUG)).to_bytes(3, "big")
+    + b"\x07\x00\x00\x00\x00\x00"  # GOAWAY, no flags, stream 0
+    + b"\x00\x00\x00\x00\x00\x00\x00\x0d"  # last-stream-id 0, HTTP_1_1_REQUIRED
+    + _H2_DEBUG
+)
+
+
 def _timeout_408(request_id: str) -> bytes:
     return (
         "HTTP/1.1 408 Request Timeout\r\n"
@@ -72,6 +86,7 @@ class PeerCache:
 class GatewayRequestHandler(RequestHandler):
     __slots__ = (
         "_deadline",
+        "_fresh",
         "_header_read_s",
         "_in_request",
         "_line_bytes",
@@ -101,6 +116,7 @@ class GatewayRequestHandler(RequestHandler):
         # say whether the request-target (414) or a header field (431) overflowed.
         self._line_bytes = 0
         self._line_done = False
+        self._fresh = True  # no byte received yet on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
@@ -127,6 +143,13 @@ class GatewayRequestHandler(RequestHandler):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._fresh:
+            self._fresh = False
+            if data[:14] == H2_PREFACE[:14] and self.transport is not None:
+                self._refused(505, "http2_unsupported")
+                self.transport.write(H2_REFUSAL)
+                self.transport.close()
+                return
         if not self._in_request:
             if self._deadline is None:
                 self._arm()
