@@ -35,6 +35,7 @@ from gateway.context import Decision, Identity
 from gateway.credentials.manager import CredentialManager
 from gateway.errors import ConfigError, ServiceUnavailable
 from gateway.listener import GatewayServer
+from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditSink
 from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
@@ -142,6 +143,8 @@ class Runtime:
         self.tracing = Tracing.from_settings(
             settings.telemetry, stage_timer=gateway.metrics.observe_stage
         )
+        telemetry = settings.telemetry
+        self.access_log = AccessLog(telemetry.access_log, telemetry.access_log_format)
         if self.authn is not None:
             for method in self.authn.methods.values():
                 if isinstance(method, JWTBearerAuthenticator):
@@ -151,6 +154,7 @@ class Runtime:
 
     async def start(self) -> None:
         try:
+            self.access_log.start()
             await self.forwarder.start()
             await self.credentials.start()
             if self.authn is not None:
@@ -167,6 +171,7 @@ class Runtime:
         await self.forwarder.close()
         await self.credentials.close()
         await self.tracing.aclose()
+        self.access_log.close()
         if self.authn is not None:
             await self.authn.close()
         if self.pdp is not None:
@@ -298,6 +303,7 @@ class Gateway:
             endpoints=endpoints,
             tracing=runtime.tracing,
             audit=self.audit,
+            access_log=runtime.access_log,
             behavior=self.behavior,
             telemetry=settings.telemetry,
             trust_domain=server.trust_domain,

@@ -41,6 +41,7 @@ from gateway.errors import (
     Unauthorized,
 )
 from gateway.listener import GatewayRequestHandler
+from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
 from gateway.observability.behavior import BehaviorStore, agent_key
 from gateway.observability.metrics import Metrics
@@ -114,6 +115,27 @@ class Trail:
     status: int = 500
     reason: str = "internal_error"
 
+    def access_fields(self, seconds: float) -> dict[str, object]:
+        """The access log's fields (gateway.observability.access_log)."""
+        facts, identity, decision = self.facts, self.identity, self.decision
+        return {
+            "method": self.method,
+            "status": self.status,
+            "reason": self.reason,
+            "duration_ms": f"{seconds * 1000:.1f}",
+            "route": None if self.route == "-" else self.route,
+            "request_id": self.request_id,
+            "client": facts.client_address if facts else None,
+            "peer": facts.peer_address if facts else None,
+            "path": facts.path if facts else None,
+            "host": facts.host if facts else None,
+            "subject": identity.principal.subject if identity else None,
+            "agent": self.agent,
+            "decision_id": decision.decision_id if decision else None,
+            "trace_id": self.trace_id,
+            "txn": self.txn,
+        }
+
     def audit_input(self, seconds: float) -> AuditInput:
         event: AuditInput = {
             "request_id": self.request_id,
@@ -170,6 +192,7 @@ class Pipeline:
         endpoints: Mapping[str, Handler] | None = None,
         tracing: Tracing,
         audit: AuditSink,
+        access_log: AccessLog | None = None,
         behavior: BehaviorStore | None = None,
         telemetry: TelemetrySettings,
         trust_domain: str,
@@ -187,6 +210,7 @@ class Pipeline:
         self.inflight = 0  # requests running on this pipeline (a reload waits for zero)
         self.tracing = tracing
         self.audit = audit
+        self.access_log = access_log if access_log is not None and access_log.enabled else None
         self.behavior = behavior
         self.telemetry = telemetry
         self.trust_domain = trust_domain
@@ -285,6 +309,8 @@ class Pipeline:
                 log.warning("behaviour not recorded: %s", exc.reason)
         if self.audit.enabled:  # AuditRecord.build formats a timestamp: not for nothing
             self.audit.emit(AuditRecord.build(trail.audit_input(seconds)))
+        if self.access_log is not None:
+            self.access_log.write(trail.access_fields(seconds))
 
     # ------------------------------------------------------------------ stages
 

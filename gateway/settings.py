@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import re
+import string
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -482,6 +483,18 @@ class PDPSettings(Strict):
     decision: str = "agentgate/authz/decision"
     cache: DecisionCache = DecisionCache()
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError for a port that does not parse
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
     @model_validator(mode="after")
     def _engine(self) -> Self:
         if self.engine == "embedded" and self.policies is None:
@@ -514,18 +527,6 @@ class TxnTokenSettings(Strict):
             raise ValueError("give exactly one of signing_key or keys")
         return self
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 -- raises ValueError for a port that does not parse
-        except ValueError as exc:
-            raise ValueError(f"not a URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
-
     @property
     def key_files(self) -> tuple[Path, ...]:
         return (self.signing_key,) if self.signing_key is not None else self.keys
@@ -542,6 +543,33 @@ class BehaviorSettings(Strict):
     max_agents: int = Field(100_000, ge=1)
 
 
+# The fields of telemetry.access_log_format (gateway.observability.access_log fills them).
+ACCESS_LOG_FIELDS = frozenset(
+    {
+        "time",  # RFC 3339 UTC, milliseconds
+        "client",  # the client address (after forwarded.trusted_hops)
+        "peer",  # the TCP peer address
+        "method",
+        "path",  # normalised, no query (a query may carry a credential)
+        "host",
+        "status",
+        "reason",  # the stable reason code: ok, policy_denied, ...
+        "duration_ms",
+        "route",
+        "subject",
+        "agent",
+        "decision_id",
+        "request_id",
+        "trace_id",
+        "txn",
+    }
+)
+ACCESS_LOG_FORMAT = (
+    '{time} {client} "{method} {path}" {status} {duration_ms}ms route={route} '
+    "subject={subject} reason={reason} request_id={request_id}"
+)
+
+
 class TelemetrySettings(Strict):
     service_name: str = "agentgate"
     otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318 (OTLP/HTTP); None: no export
@@ -552,13 +580,34 @@ class TelemetrySettings(Strict):
     otlp_metrics: bool = False
     audit_log: Literal["stdout", "off"] | AnyPath = "stdout"
     decision_log: Literal["stdout", "off"] | AnyPath = "off"
+    # One readable line per request (gateway.observability.access_log); off by default, as the
+    # audit record already goes to stdout.
+    access_log: Literal["stdout", "stderr", "off"] | AnyPath = "off"
+    access_log_format: str = ACCESS_LOG_FORMAT
     behavior: BehaviorSettings = BehaviorSettings()
 
-    @field_validator("audit_log", "decision_log", mode="before")
+    @field_validator("audit_log", "decision_log", "access_log", mode="before")
     @classmethod
     def _yaml_off(cls, value: Any) -> Any:
         # YAML 1.1 reads a bare `off` as false; that is what the operator meant.
         return "off" if value is False else value
+
+    @field_validator("access_log_format")
+    @classmethod
+    def _access_log_fields(cls, value: str) -> str:
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"not a format template: {exc}") from None
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if name not in ACCESS_LOG_FIELDS:
+                known = ", ".join(sorted(ACCESS_LOG_FIELDS))
+                raise ValueError(f"unknown field {{{name}}}; known: {known}")
+            if spec or conversion:
+                raise ValueError(f"{{{name}}}: no format spec or conversion")
+        return value
 
 
 # --------------------------------------------------------------------------- state
@@ -1011,10 +1060,10 @@ def load_settings(path: Path) -> Settings:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([("", f"{path}: invalid YAML{where}")]) from None
+    if data is None:
+        raise ConfigError([("", f"{path}: the configuration file is empty")])
     return parse_settings(data, path.resolve().parent)
 
 
 def json_schema() -> str:
     return json.dumps(Settings.model_json_schema(), indent=2, sort_keys=True) + "\n"
-    if data is None:
-        raise ConfigError([("", f"{path}: the configuration file is empty")])
