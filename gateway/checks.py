@@ -6,7 +6,8 @@ because it needs the files' contents judged, is here:
 
 * :func:`static_problems` compiles the embedded engine's policies (``file:line: message``)
   and checks each configured certificate: parseable, inside its validity period, matching
-  its private key.
+  its private key; and an existing ``dev_signing_key``: a private key of an allowed
+  algorithm, readable by its owner only.
 * :func:`reachability` (``check-config --strict``) connects to what the gateway will call at
   run time: the OPA server, Redis, every ``jwks_uri``.
 
@@ -32,6 +33,7 @@ Problem = tuple[str, str]
 
 def static_problems(settings: Settings, *, now: dt.datetime | None = None) -> list[Problem]:
     problems = _policy_problems(settings) + _jwks_file_problems(settings)
+    problems += _dev_key_problems(settings)
     now = now or dt.datetime.now(dt.UTC)
     tls = settings.server.tls
     if tls is not None:
@@ -46,7 +48,29 @@ def static_problems(settings: Settings, *, now: dt.datetime | None = None) -> li
 def warnings(settings: Settings) -> list[Problem]:
     """Valid but probably not meant: a route that left ``segment`` unset (so it is in the
     segment ``default``) while the policy data's ``segments.flows`` lets no segment reach it:
-    the shipped ``agentgate.segments`` policy then denies every call to it."""
+    the shipped ``agentgate.segments`` policy then denies every call to it. And always: a
+    development issuer (``dev_signing_key``), which must never reach production."""
+    return dev_issuer_warnings(settings) + _segment_warnings(settings)
+
+
+def dev_issuer_warnings(settings: Settings) -> list[Problem]:
+    found = []
+    for index, issuer in enumerate(settings.issuers):
+        path = issuer.dev_signing_key
+        if path is None:
+            continue
+        state = "" if path.exists() else " (will be created at the first start)"
+        found.append(
+            (
+                f"issuers.{index}.dev_signing_key",
+                f"issuer {issuer.name!r} is a development issuer: tokens signed with "
+                f"{path}{state} are trusted (agentgate token mint-access); never in production",
+            )
+        )
+    return found
+
+
+def _segment_warnings(settings: Settings) -> list[Problem]:
     pdp = settings.pdp
     if pdp is None or pdp.engine != "embedded" or pdp.data is None:
         return []
@@ -100,6 +124,23 @@ def _jwks_file_problems(settings: Settings) -> list[Problem]:
             JWKSet(document, allowed_algs=issuer.algorithms)
         except (OSError, TokenError) as exc:
             problems.append((f"issuers.{index}.jwks_file", f"{issuer.jwks_file}: {exc}"))
+    return problems
+
+
+def _dev_key_problems(settings: Settings) -> list[Problem]:
+    """What ``JWKSClient.start`` would refuse in an existing ``dev_signing_key`` (a missing
+    one is created at start, so it is no problem; nothing is created here)."""
+    from gateway.devissuer import DevIssuerError, load_existing
+
+    problems: list[Problem] = []
+    for index, issuer in enumerate(settings.issuers):
+        path = issuer.dev_signing_key
+        if path is None or not path.exists():
+            continue
+        try:
+            load_existing(path, issuer.algorithms)
+        except DevIssuerError as exc:
+            problems.append((f"issuers.{index}.dev_signing_key", str(exc)))
     return problems
 
 

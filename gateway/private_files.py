@@ -13,6 +13,8 @@ CA's and the dev leaf keys), and the demo's secrets and config.
   with ``O_EXCL`` and ``os.replace``: the bytes are never readable by others, not even
   briefly, and a reader sees the old file or the new one, never half of one. ``mode`` may
   widen the final file (a certificate is public, ``0644``); the default is ``0600``.
+- :func:`create_exclusive` creates a ``0600`` file only if the name is free (hard link from a
+  private temp file): the first of two concurrent creators wins, the other keeps its file.
 
 Imports nothing of the gateway: any module may use it.
 """
@@ -67,3 +69,31 @@ def write_atomic(path: Path | str, data: bytes, *, mode: int = PRIVATE) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def create_exclusive(path: Path | str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` (``0600``) unless it exists; True if this call made it.
+
+    Two processes creating the same file at once (``agentgate run`` and
+    ``agentgate token mint-access`` both creating the dev issuer key) agree on one file: the
+    bytes go to a private temp file that is then hard-linked into place, which fails if the
+    name exists, so the loser keeps the winner's file and a reader never sees half of it.
+    A missing parent folder is created ``0700``. Raises ``OSError``.
+    """
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            # SECURITY: link() never replaces an existing file, unlike rename().
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)

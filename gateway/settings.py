@@ -337,10 +337,20 @@ class Issuer(Strict):
     # service account (Keycloak: "service-account-<client>"), i.e. an agent. None: off.
     service_account_prefix: str | None = "service-account-"
 
+    # A development issuer (gateway/devissuer.py): this key file, created 0600 at start if
+    # missing, is the issuer's JWKS; `agentgate token mint-access` signs with it. Not with
+    # jwks_uri or jwks_file, and never in production.
+    dev_signing_key: AnyPath | None = None
+
     @model_validator(mode="after")
     def _keys(self) -> Self:
-        if (self.jwks_uri is None) == (self.jwks_file is None) and self.introspection is None:
-            raise ValueError("exactly one of jwks_uri or jwks_file is required")
+        if self.dev_signing_key is not None:
+            if self.jwks_uri is not None or self.jwks_file is not None:
+                raise ValueError("dev_signing_key excludes jwks_uri and jwks_file")
+            if "ES256" not in self.algorithms and "EdDSA" not in self.algorithms:
+                raise ValueError("dev_signing_key needs ES256 or EdDSA in algorithms")
+        elif (self.jwks_uri is None) == (self.jwks_file is None) and self.introspection is None:
+            raise ValueError("exactly one of jwks_uri, jwks_file or dev_signing_key is required")
         if self.jwks_uri is not None and self.jwks_file is not None:
             raise ValueError("jwks_uri and jwks_file are mutually exclusive")
         if self.introspect == "always" and self.introspection is None:

@@ -8,8 +8,9 @@ configured RSA algorithms only. Symmetric (``oct``) keys, keys with private memb
 ``use: enc`` keys, keys whose ``key_ops`` exclude ``verify``, and keys for algorithms the
 issuer does not allow are skipped with a log line; a malformed key never fails the whole set.
 
-:class:`JWKSClient` serves one issuer's keys, from ``jwks_file`` (read once at ``start()``)
-or from ``jwks_uri``:
+:class:`JWKSClient` serves one issuer's keys, from ``jwks_file`` (read once at ``start()``),
+from a development issuer's ``dev_signing_key`` (its public half, the file created at
+``start()`` if missing, :mod:`gateway.devissuer`; logged as a WARNING), or from ``jwks_uri``:
 
 * fetched with its own ``aiohttp`` session: ``fetch_timeout_s``, no redirects, at most 1 MiB,
   HTTP 200 with a JSON object holding a ``keys`` array (RFC 7517 §5);
@@ -53,6 +54,7 @@ from gateway.settings import Issuer
 log = logging.getLogger("agentgate.authn.jwks")
 
 MAX_JWKS_BYTES = 1 << 20
+_DEV_ISSUERS_ANNOUNCED: set[tuple[str, Path]] = set()
 MAX_KEYS = 100
 
 
@@ -176,6 +178,9 @@ class JWKSClient:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.issuer.dev_signing_key is not None:
+            self._load_dev_key(self.issuer.dev_signing_key)
+            return
         if self.issuer.jwks_file is not None:
             self._load_file(self.issuer.jwks_file)
             return
@@ -301,6 +306,32 @@ class JWKSClient:
             raise ConfigError([(f"issuers.{self.issuer.name}.jwks_file", str(exc))]) from None
         self._expires_at = math.inf
         self.refreshes += 1
+
+    def _load_dev_key(self, path: Path) -> None:
+        """A development issuer: the public half of its key file (created if missing)."""
+        # Imported here: production configurations never load the dev issuer's code.
+        from gateway.devissuer import DevIssuerError, jwks, load_or_create
+
+        try:
+            key, created = load_or_create(path, self.issuer.algorithms)
+            self._keys = JWKSet(jwks(key), allowed_algs=self.issuer.algorithms)
+        except (DevIssuerError, TokenError) as exc:
+            raise ConfigError([(f"issuers.{self.issuer.name}.dev_signing_key", str(exc))]) from None
+        self._expires_at = math.inf
+        self.refreshes += 1
+        # Once per process and key file: two bearer methods on one issuer, or a reload, need
+        # no second line (a key created now is always announced).
+        if (self.issuer.name, path) in _DEV_ISSUERS_ANNOUNCED and not created:
+            return
+        _DEV_ISSUERS_ANNOUNCED.add((self.issuer.name, path))
+        # SECURITY: say it loudly -- whoever can read this file can mint accepted tokens.
+        log.warning(
+            "issuer %s is a DEVELOPMENT issuer: tokens signed with %s%s (agentgate token "
+            "mint-access) are trusted; never use dev_signing_key in production",
+            self.issuer.name,
+            path,
+            " (key created)" if created else "",
+        )
 
 
 async def _download(session: aiohttp.ClientSession, uri: str) -> tuple[dict[str, Any], str | None]:

@@ -199,7 +199,7 @@ class JWTBearerAuthenticator:
     def _build_jwks(self, shared: Mapping[str, JWKSClient]) -> dict[str, JWKSClient]:
         clients: dict[str, JWKSClient] = {}
         for issuer in self._issuers:
-            if issuer.jwks_uri is None and issuer.jwks_file is None:
+            if issuer.jwks_uri is None and issuer.jwks_file is None and not issuer.dev_signing_key:
                 continue
             client = shared.get(issuer.name)
             if client is None:

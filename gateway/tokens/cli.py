@@ -10,6 +10,16 @@
 * ``token verify TOKEN|- --jwks URL|FILE --audience A [--issuer I] [--leeway S]``.
 * ``token mint --key PEM --sub S --scope ... --aud A [...]``: a dev issuer for tests and
   demos (never the gateway's production key path: it signs whatever it is told).
+* ``token mint-access [-c CONFIG] [--issuer NAME] --sub S [--scope "a b"] [--act A]...
+  [--client-id C] [--aud A] [--ttl S] [--dpop] [--cnf-cert PEM] [--headers --htu URL]``:
+  an RFC 9068 access token from the config's development issuer (``dev_signing_key``,
+  :mod:`gateway.devissuer`; the key is created 0600 if missing). ``--dpop`` binds it to the
+  dev DPoP client key (``cnf.jkt``; ``--dpop-key``, default ``dev-dpop-client.pem`` next to
+  the issuer key, created if missing); ``--cnf-cert`` binds it to a certificate
+  (``cnf.x5t#S256``). ``--headers`` prints request header lines for ``curl -H @-``
+  (``Authorization`` and, with ``--dpop``, a fresh ``DPoP`` proof for ``--htm``/``--htu``).
+* ``token dpop-proof --htu URL [--htm GET] [--token T|-] [--nonce N]``: one fresh proof
+  with the dev DPoP client key (``ath`` when a token is given).
 
 Exit codes: 0 ok, 1 the token is invalid / the keys could not be fetched, 2 usage error.
 A token may be passed as ``-`` to read it from stdin (keeps it out of ``ps``).
@@ -23,11 +33,30 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.tokens.keys import KeyRing, KeyRingError, load_private_key, write_private_key
+from gateway.devissuer import (
+    DPOP_KEY_NAME,
+    MAX_TTL_S,
+    access_token_claims,
+    cert_thumbprint,
+    dpop_proof,
+    load_or_create,
+    sign_access_token,
+)
+from gateway.errors import ConfigError
+from gateway.tokens.keys import (
+    KeyRing,
+    KeyRingError,
+    SigningKey,
+    load_private_key,
+    write_private_key,
+)
 from gateway.tokens.txn_token import dev_claims, sign_claims
 from gateway.txn import TxnTokenError, TxnTokenVerifier, decode_unverified, strict_json_loads
+
+if TYPE_CHECKING:
+    from gateway.settings import Issuer
 
 COMMANDS = ("keys", "token")
 
@@ -70,6 +99,40 @@ def add_subcommands(subparsers: Any) -> None:
     mint.add_argument("--actor", action="append", default=[], help="act chain, current first")
     mint.add_argument("--tctx", default=None, help="JSON object")
     mint.add_argument("--rctx", default=None, help="JSON object")
+    _add_dev_access(token_sub)
+
+
+def _add_dev_access(token_sub: Any) -> None:
+    access = token_sub.add_parser(
+        "mint-access", help="an RFC 9068 access token from the config's development issuer"
+    )
+    proof = token_sub.add_parser("dpop-proof", help="a DPoP proof with the dev DPoP client key")
+    for parser in (access, proof):
+        parser.add_argument("-c", "--config", type=Path, default=Path("config/gateway.yaml"))
+        parser.add_argument("--issuer", default=None, help="the dev issuer's name")
+        parser.add_argument(
+            "--dpop-key",
+            type=Path,
+            default=None,
+            help=f"default: {DPOP_KEY_NAME} by the issuer key",
+        )
+        parser.add_argument("--htm", default="GET", help="DPoP: the request method")
+        parser.add_argument("--htu", default=None, help="DPoP: the request URL")
+    access.add_argument("--sub", required=True)
+    access.add_argument(
+        "--scope", action="extend", nargs="+", default=[], help="scopes (space or repeated)"
+    )
+    access.add_argument("--act", action="append", default=[], help="act chain, current first")
+    access.add_argument("--client-id", default=None, help="default: the current actor")
+    access.add_argument("--aud", default=None, help="default: the issuer's audience")
+    access.add_argument("--ttl", type=int, default=300, help="seconds, at most 3600")
+    access.add_argument("--dpop", action="store_true", help="bind to the dev DPoP key (cnf.jkt)")
+    access.add_argument("--cnf-cert", type=Path, default=None, help="bind to a PEM certificate")
+    access.add_argument(
+        "--headers", action="store_true", help="print request headers (for curl -H @-)"
+    )
+    proof.add_argument("--token", default=None, help="the access token (ath), or - for stdin")
+    proof.add_argument("--nonce", default=None, help="a DPoP-Nonce the server sent")
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -81,6 +144,10 @@ def dispatch(args: argparse.Namespace) -> int:
                 return _inspect(_token_arg(args.token))
             if args.token_command == "verify":  # noqa: S105
                 return _verify(args)
+            if args.token_command == "mint-access":  # noqa: S105
+                return _mint_access(args)
+            if args.token_command == "dpop-proof":  # noqa: S105
+                return _dpop_proof(args)
             return _mint(args)
     except (KeyRingError, OSError, ValueError) as exc:
         _err(f"agentgate {args.command}: {exc}")
@@ -177,4 +244,96 @@ def _mint(args: argparse.Namespace) -> int:
         actors=args.actor,
     )
     print(sign_claims(key, claims))
+    return 0
+
+
+# --------------------------------------------------------------------------- dev access tokens
+
+
+def _dev_issuer(args: argparse.Namespace) -> tuple[Issuer, Path]:
+    """The config's development issuer and its key file: ``--issuer NAME``, else the only
+    issuer with ``dev_signing_key``."""
+    from gateway.settings import load_settings
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError([("issuers", f"{args.config}: {message}")])
+
+    issuers = load_settings(args.config).issuers
+    if args.issuer is not None:
+        chosen = [i for i in issuers if i.name == args.issuer]
+        if not chosen:
+            raise refuse(f"no issuer named {args.issuer!r}")
+    else:
+        chosen = [i for i in issuers if i.dev_signing_key is not None]
+        if len(chosen) != 1:
+            found = ", ".join(repr(i.name) for i in chosen) or "none"
+            raise refuse(f"want one issuer with dev_signing_key (or --issuer), found {found}")
+    issuer = chosen[0]
+    if issuer.dev_signing_key is None:
+        # SECURITY: only a key the config marks as development is ever signed with here.
+        raise refuse(f"issuer {issuer.name!r} is not a development issuer (no dev_signing_key)")
+    return issuer, issuer.dev_signing_key
+
+
+def _dev_key(path: Path, algorithms: tuple[str, ...], what: str, note: str = "") -> SigningKey:
+    key, created = load_or_create(path, algorithms)
+    if created:
+        _err(f"agentgate token: created the {what} {path} (mode 0600){note}")
+    return key
+
+
+def _dpop_key(args: argparse.Namespace, issuer_key: Path | None) -> SigningKey:
+    path = args.dpop_key
+    if path is None:
+        issuer_key = issuer_key or _dev_issuer(args)[1]
+        path = issuer_key.parent / DPOP_KEY_NAME
+    return _dev_key(path, ("ES256",), "dev DPoP client key")
+
+
+def _mint_access(args: argparse.Namespace) -> int:
+    if args.htu is not None and not args.headers:
+        raise ValueError("--htu goes with --headers (or use: agentgate token dpop-proof)")
+    if args.dpop and args.headers and args.htu is None:
+        raise ValueError("--dpop --headers needs --htu URL: the proof names the request")
+    if not 0 < args.ttl <= MAX_TTL_S:
+        raise ValueError(f"ttl must be 1..{MAX_TTL_S} seconds")
+    # Everything that can be refused is checked before a key file is created.
+    x5t = cert_thumbprint(args.cnf_cert) if args.cnf_cert is not None else None
+    issuer, key_path = _dev_issuer(args)
+    key = _dev_key(
+        key_path,
+        issuer.algorithms,
+        "development issuer key",
+        "; a gateway already running trusts it only after a restart or reload (SIGHUP)",
+    )
+    holder = _dpop_key(args, key_path) if args.dpop else None
+    audience = issuer.audience if isinstance(issuer.audience, str) else issuer.audience[0]
+    claims = access_token_claims(
+        issuer=issuer.issuer,
+        audience=args.aud or audience,
+        sub=args.sub,
+        scopes=args.scope,
+        actors=args.act,
+        client_id=args.client_id,
+        ttl_s=args.ttl,
+        jkt=holder.kid if holder is not None else None,  # kid is the RFC 7638 thumbprint
+        x5t_s256=x5t,
+    )
+    token = sign_access_token(key, claims)
+    if not args.headers:
+        print(token)
+    elif holder is None:
+        print(f"Authorization: Bearer {token}")
+    else:
+        proof = dpop_proof(holder, htm=args.htm, htu=args.htu, access_token=token)
+        print(f"Authorization: DPoP {token}\nDPoP: {proof}")
+    return 0
+
+
+def _dpop_proof(args: argparse.Namespace) -> int:
+    if args.htu is None:
+        raise ValueError("--htu URL is required")
+    token = _token_arg(args.token) if args.token is not None else None
+    holder = _dpop_key(args, None)
+    print(dpop_proof(holder, htm=args.htm, htu=args.htu, access_token=token, nonce=args.nonce))
     return 0

@@ -54,7 +54,24 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
 def test_check_config_accepts_the_shipped_dev_config() -> None:
     result = agentgate("check-config", "-c", "config/gateway.yaml")
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    # Its one warning: the development issuer (dev access tokens, issue 15.5).
+    [line] = result.stderr.splitlines()
+    assert line.startswith("warning: issuers.0.dev_signing_key: issuer 'dev' is a development")
+
+
+def test_the_shipped_mtls_dev_config_works_after_certs_init(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    config = "config/gateway.mtls.yaml"
+    missing = agentgate("check-config", "-c", config, cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "server.tls.cert: file not found" in missing.stderr
+    init = ("certs", "init", "--dir", "config/certs", "--agent", "travel")
+    assert agentgate(*init, cwd=tmp_path).returncode == 0
+    result = agentgate("check-config", "-c", config, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "will be created at the first start" in result.stderr
+    assert not (tmp_path / "config" / "keys").exists()  # check-config creates no key
 
 
 def test_example_config_works_after_its_documented_setup(tmp_path: Path) -> None:
