@@ -41,9 +41,10 @@ from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
-from gateway.settings import Settings, load_settings, split_listen
+from gateway.settings import Settings, TLSSettings, load_settings, split_listen
 from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
+from gateway.tls_acceptor import TLSAcceptor
 from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
@@ -216,6 +217,9 @@ class Gateway:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.ssl_context = tls.server_context(server.tls) if server.tls else None
+        self.server_cert_not_after: float | None = None
+        if server.tls is not None:
+            self._watch_certificate(server.tls)
         self.state = build_state(settings.state)
         # The audit sink and the behaviour windows outlive reloads (a reload is not a reset).
         self.audit = AuditSink.from_settings(settings.telemetry, on_drop=self.metrics.audit_dropped)
@@ -396,10 +400,25 @@ class Gateway:
             raise invalid_token("no access-token method configured")
         return await self.authn.validate_access_token(token)
 
+    def _watch_certificate(self, cfg: TLSSettings) -> None:
+        """Expiry metrics and a readiness check for the listener's certificate."""
+        not_after = tls.certificate_not_after(cfg.cert)
+        self.server_cert_not_after = not_after
+        warning_s = cfg.expiry_warning_days * 86400
+        self.metrics.watch_server_certificate(not_after, warning_s)
+        left = not_after - time.time()
+        if left <= 0:
+            log.error("server certificate %s has expired", cfg.cert)
+        elif left < warning_s:
+            log.warning("server certificate %s expires in %.1f days", cfg.cert, left / 86400)
+
     def _checks(self) -> None:
         checks = self.readiness.checks
         checks["config"] = lambda: self._started
         checks["state"] = self.state.ready
+        not_after = self.server_cert_not_after
+        if not_after is not None:  # an expired server certificate: no client can connect
+            checks["server_certificate"] = lambda: time.time() < not_after
         for name in self.runtime.ready():
             checks[name] = partial(self._runtime_ready, name)
 
@@ -435,6 +454,7 @@ class Gateway:
             self.ssl_context,
             reuse_port=self._reuse_port,
             handshake_s=server.timeouts.header_read_s,
+            on_refused=self.metrics.tls_refused,
         )
         self.admin_address = await _bind(admin, server.admin_listen, None)
         self._runners = [main, admin]
@@ -486,30 +506,58 @@ def _fmt(host: str) -> str:
 
 
 class _TCPSite(web.TCPSite):
-    """aiohttp's TCPSite plus a TLS handshake deadline (asyncio's default is 60 s)."""
+    """aiohttp's TCPSite plus a TLS handshake deadline (asyncio's default is 60 s) and
+    handshakes the gateway sees (:mod:`gateway.tls_acceptor`: a refusal is logged and counted,
+    where asyncio would drop it silently)."""
 
-    __slots__ = ("_handshake_s",)
+    __slots__ = ("_handshake_s", "_handshakes", "_on_refused")
 
-    def __init__(self, *args: Any, handshake_s: float | None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        handshake_s: float | None,
+        on_refused: Callable[[str], None] = lambda reason: None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._handshake_s = handshake_s
+        self._on_refused = on_refused
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
-        assert server is not None
+        if server is None:
+            raise RuntimeError("the runner has no server")
+        context = self._ssl_context
+        factory: Callable[[], asyncio.BaseProtocol] = server
+        if context is not None:
+
+            def factory() -> asyncio.BaseProtocol:
+                # SECURITY: a client that never finishes its handshake holds a socket; bound
+                # it like a client that never finishes its request head.
+                return TLSAcceptor(
+                    server,
+                    context,
+                    handshake_s=self._handshake_s,
+                    on_refused=self._on_refused,
+                    pending=self._handshakes,
+                )
+
         self._server = await asyncio.get_running_loop().create_server(
-            server,
+            factory,
             self._host,
             self._port,
-            ssl=self._ssl_context,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
-            # SECURITY: a client that never finishes its handshake holds a socket; bound it
-            # like a client that never finishes its request head.
-            ssl_handshake_timeout=self._handshake_s if self._ssl_context else None,
         )
+
+    async def stop(self) -> None:
+        for task in list(self._handshakes):  # handshakes still under way end with the site
+            task.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
+        await super().stop()
 
 
 async def _bind(
@@ -519,6 +567,7 @@ async def _bind(
     *,
     reuse_port: bool = False,
     handshake_s: float | None = None,
+    on_refused: Callable[[str], None] = lambda reason: None,
 ) -> tuple[str, int]:
     host, port = split_listen(listen)
     await runner.setup()
@@ -530,6 +579,7 @@ async def _bind(
         backlog=1024,
         reuse_port=reuse_port or None,
         handshake_s=handshake_s,
+        on_refused=on_refused,
     )
     await site.start()
     server = site._server  # aiohttp keeps the asyncio.Server here; it holds the bound port

@@ -227,6 +227,8 @@ class TLSSettings(Strict):
     client_cert: Literal["required", "optional", "off"] = "required"
     crl: FilePath | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    # agentgate_server_certificate_expiring turns 1 this long before notAfter.
+    expiry_warning_days: float = Field(14.0, ge=0, le=365)
 
     @model_validator(mode="after")
     def _ca_needed(self) -> Self:

@@ -16,8 +16,12 @@ Peer identity (SPIFFE ID, thumbprints) is read from the verified certificate in
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Iterator
+from pathlib import Path
 
+from gateway.errors import ConfigError
 from gateway.settings import TLSSettings, UpstreamTLS
 
 # SECURITY: RFC 9325 §4.2 recommended TLS 1.2 suites: ECDHE key exchange with AEAD only.
@@ -39,19 +43,45 @@ def server_context(cfg: TLSSettings) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_TICKET
     ctx.num_tickets = 0
     ctx.set_alpn_protocols(["http/1.1"])
-    ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
+    with _naming("server.tls.cert", cfg.cert, cfg.key):
+        ctx.load_cert_chain(str(cfg.cert), str(cfg.key))
     if cfg.client_cert == "off":
         ctx.verify_mode = ssl.CERT_NONE
         return ctx
-    assert cfg.client_ca is not None  # guaranteed by TLSSettings validation
-    ctx.load_verify_locations(cafile=str(cfg.client_ca))
+    if cfg.client_ca is None:  # TLSSettings validation guarantees it
+        raise ConfigError([("server.tls.client_ca", "required unless client_cert is 'off'")])
+    with _naming("server.tls.client_ca", cfg.client_ca):
+        ctx.load_verify_locations(cafile=str(cfg.client_ca))
     ctx.verify_mode = ssl.CERT_REQUIRED if cfg.client_cert == "required" else ssl.CERT_OPTIONAL
     if cfg.crl is not None:
         # SECURITY: a revoked client certificate fails the handshake (RFC 5280 §6.3).
-        ctx.load_verify_locations(cafile=str(cfg.crl))
+        with _naming("server.tls.crl", cfg.crl):
+            ctx.load_verify_locations(cafile=str(cfg.crl))
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     return ctx
+
+
+@contextlib.contextmanager
+def _naming(key: str, *paths: Path) -> Iterator[None]:
+    """OpenSSL's load errors ("[SSL] PEM lib") name no file: say which key and file failed."""
+    try:
+        yield
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        files = " / ".join(str(p) for p in paths)
+        raise ConfigError([(key, f"{files}: cannot load ({reason})")]) from None
+
+
+def certificate_not_after(path: Path) -> float:
+    """The POSIX time at which the first certificate in a PEM file expires."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError([("server.tls.cert", f"{path}: not a PEM certificate ({exc})")]) from None
+    return cert.not_valid_after_utc.timestamp()
 
 
 def upstream_context(cfg: UpstreamTLS | None) -> ssl.SSLContext:

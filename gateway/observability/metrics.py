@@ -32,6 +32,7 @@ never create a new series per request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -134,6 +135,25 @@ class Metrics:
             ("engine", "kind"),
             registry=r,
         )
+        self.tls_refusals = Counter(
+            "agentgate_tls_handshake_failures",
+            "TLS handshakes the main listener refused, by reason (no_client_cert, unknown_ca,"
+            " expired, not_yet_valid, revoked, bad_certificate, protocol, not_tls, timeout,"
+            " closed, other).",
+            ("reason",),
+            registry=r,
+        )
+        self.server_cert_expiry = Gauge(
+            "agentgate_server_certificate_expiry_seconds",
+            "Seconds until the main listener's certificate expires (negative: expired).",
+            registry=r,
+        )
+        self.server_cert_expiring = Gauge(
+            "agentgate_server_certificate_expiring",
+            "1 while the main listener's certificate expires within"
+            " server.tls.expiry_warning_days (or has expired), else 0.",
+            registry=r,
+        )
         self.jwks_refreshes = Counter(
             "agentgate_jwks_refreshes",
             "JWKS fetches by issuer and outcome (ok, error).",
@@ -212,6 +232,14 @@ class Metrics:
 
     def pdp_error(self, engine: str, kind: str) -> None:
         self.pdp_errors.labels(engine, kind).inc()
+
+    def tls_refused(self, reason: str) -> None:
+        self.tls_refusals.labels(reason).inc()
+
+    def watch_server_certificate(self, not_after: float, warning_s: float) -> None:
+        """Expiry gauges, computed at each scrape from the certificate's ``notAfter``."""
+        self.server_cert_expiry.set_function(lambda: not_after - time.time())
+        self.server_cert_expiring.set_function(lambda: float(not_after - time.time() < warning_s))
 
     def jwks_refresh(self, issuer: str, ok: bool) -> None:
         self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()
