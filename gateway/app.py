@@ -49,7 +49,7 @@ from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
 from gateway.tokens.service import TOKEN_PATH, ExchangeRequest, make_token_handler
-from gateway.upstream.forward import Forwarder
+from gateway.upstream.forward import Forwarder, route_budget
 from gateway.upstream.routes import RouteTable
 
 log = logging.getLogger("agentgate")
@@ -117,6 +117,9 @@ class Runtime:
         self.forwarder = Forwarder(
             connect_timeout_s=server.timeouts.upstream_connect_s,
             total_timeout_s=server.timeouts.upstream_total_s,
+            headers_timeout_s=server.timeouts.upstream_headers_s,
+            idle_timeout_s=server.timeouts.upstream_idle_s,
+            budgets={r.name: route_budget(r, server.timeouts) for r in settings.routes},
             max_body_bytes=server.limits.max_body_bytes,
             ssl_contexts={
                 r.name: tls.upstream_context(r.upstream_tls)

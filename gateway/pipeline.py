@@ -51,7 +51,7 @@ from gateway.settings import RateLimit, TelemetrySettings
 from gateway.state import State
 from gateway.state.ratelimit import enforce, obligation_limit, split
 from gateway.state.revocation import Revoked, identifiers
-from gateway.upstream.forward import Forwarder
+from gateway.upstream.forward import STREAM_CUT, Forwarder
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
 from gateway.upstream.paths import drop_query_params, normalize_path
 from gateway.upstream.routes import CompiledRoute, RouteTable
@@ -239,7 +239,8 @@ class Pipeline:
                 trail.span_id = span.span_id if span.recording else None
                 try:
                     response = await self.serve(request, facts, trail, span)
-                    trail.status, trail.reason = response.status, "ok"
+                    # A body cut after its head was sent is not "ok", whatever the status said.
+                    trail.status, trail.reason = response.status, response.get(STREAM_CUT, "ok")
                 except GatewayError as exc:
                     response = self.refuse(exc, trail)
                 span.finish(trail.status, reason=trail.reason)
@@ -514,6 +515,9 @@ class Pipeline:
                     self.metrics.upstream_error(route.name, exc.reason)
                 raise
             client.set_status(response.status)
+        cut = response.get(STREAM_CUT)
+        if cut is not None and cut != "client_gone":  # the upstream's or the gateway's clock
+            self.metrics.upstream_error(route.name, cut)
         return response
 
     def upstream_headers(self, request: web.BaseRequest, facts: RequestFacts) -> CIMultiDict[str]:

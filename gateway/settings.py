@@ -247,7 +247,10 @@ class Timeouts(Strict):
     header_read_s: float = Field(10.0, gt=0)
     idle_s: float = Field(75.0, gt=0)
     upstream_connect_s: float = Field(2.0, gt=0)
+    # Non-stream routes: the whole exchange, response body included. Stream routes: unused.
     upstream_total_s: float = Field(30.0, gt=0)
+    upstream_headers_s: float = Field(30.0, gt=0)  # request sent -> response head received
+    upstream_idle_s: float = Field(30.0, gt=0)  # longest gap between body chunks / ws frames
     pdp_s: float = Field(0.5, gt=0)
     drain_s: float = Field(15.0, ge=0)
 
@@ -872,6 +875,16 @@ class RateLimit(Strict):
     burst: int = Field(ge=1)
 
 
+class RouteTimeouts(Strict):
+    """Per-route overrides of ``server.timeouts.upstream_*``; ``None``: the server's value."""
+
+    connect_s: float | None = Field(None, gt=0)
+    headers_s: float | None = Field(None, gt=0)
+    idle_s: float | None = Field(None, gt=0)
+    total_s: float | None = Field(None, gt=0)  # non-stream routes only
+    max_s: float | None = Field(None, gt=0)  # stream/websocket routes: lifetime cap (None: none)
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     match: RouteMatch = RouteMatch()
@@ -892,6 +905,9 @@ class Route(Strict):
     credentials: dict[str, CredentialSettings] = Field(default_factory=dict)
     send_txn_token: bool = True  # the minted Txn-Token goes upstream with any credential
     rate_limits: tuple[RateLimit, ...] = ()
+    # A long-lived response (SSE, MCP event stream): no total cap, only idle_s and max_s.
+    stream: bool = False
+    timeouts: RouteTimeouts = RouteTimeouts()
 
     @field_validator("upstream")
     @classmethod

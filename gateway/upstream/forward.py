@@ -8,12 +8,20 @@ Contract:
   streams the response back. Bodies above ``max_body_bytes`` are refused with
   413 whether they are announced by ``Content-Length`` or arrive chunked.
 * Redirects are returned to the caller, never followed.
-* Connection refused/reset -> :class:`BadGateway` (502); connect or total
-  timeout -> :class:`GatewayTimeout` (504). No aiohttp client exception leaves
-  this module.
+* Connection refused/reset -> :class:`BadGateway` (502); connect or
+  response-head timeout -> :class:`GatewayTimeout` (504). No aiohttp client
+  exception leaves this module.
+* Time budget per route (:class:`Budget`): ``connect_s``; ``headers_s`` from
+  sending to the response head; ``idle_s`` between body chunks; ``total_s``
+  (non-stream routes) the whole exchange, body included; a stream route has no
+  total, only ``idle_s`` and an optional ``max_s``. A body the gateway cuts on
+  time carries ``STREAM_CUT``: ``upstream_idle_timeout``,
+  ``upstream_total_timeout`` or ``stream_max_duration``.
 * Once the response head has been sent, a failure can no longer become an
   error response: the connection to the caller is aborted instead, so a
-  truncated body is never mistaken for a complete one.
+  truncated body is never mistaken for a complete one, and the returned
+  response carries ``STREAM_CUT``: ``upstream_cut`` (the upstream broke off)
+  or ``client_gone`` (the caller did), for the audit record and metrics.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -30,12 +40,57 @@ from yarl import URL
 
 from gateway.context import BUFFERED_BODY_KEY
 from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from gateway.settings import Route, Timeouts
 from gateway.upstream.headers import sanitize_response_headers
 from gateway.upstream.paths import drop_query_params
 
 log = logging.getLogger("agentgate.forward")
 
 _CHUNK = 64 * 1024
+# The reason code of a response whose body was cut after its head was sent (absent: complete).
+STREAM_CUT = web.ResponseKey("agentgate.stream_cut", str)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One route's upstream time budget (seconds; ``None``: unbounded)."""
+
+    connect_s: float
+    headers_s: float
+    idle_s: float
+    total_s: float | None  # whole exchange; None on stream routes
+    max_s: float | None = None  # stream routes: lifetime cap
+
+    @property
+    def head_s(self) -> float:
+        return self.headers_s if self.total_s is None else min(self.headers_s, self.total_s)
+
+    def deadline(self, started: float) -> tuple[float, str] | None:
+        """The absolute end of the body and the reason code if it is reached."""
+        if self.total_s is not None:
+            return started + self.total_s, "upstream_total_timeout"
+        if self.max_s is not None:
+            return started + self.max_s, "stream_max_duration"
+        return None
+
+
+def route_budget(route: Route, server: Timeouts) -> Budget:
+    """``route.timeouts`` over ``server.timeouts``; stream routes get no total."""
+    t = route.timeouts
+    long_lived = route.stream
+    return Budget(
+        connect_s=t.connect_s or server.upstream_connect_s,
+        headers_s=t.headers_s or server.upstream_headers_s,
+        idle_s=t.idle_s or server.upstream_idle_s,
+        total_s=None if long_lived else (t.total_s or server.upstream_total_s),
+        max_s=t.max_s if long_lived else None,
+    )
+
+
+class _Cut(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _BodyTooLarge(Exception):
@@ -59,10 +114,17 @@ class Forwarder:
         total_timeout_s: float,
         max_body_bytes: int,
         ssl_contexts: Mapping[str, ssl.SSLContext],
+        headers_timeout_s: float | None = None,
+        idle_timeout_s: float = 30.0,
+        budgets: Mapping[str, Budget] | None = None,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(
-            total=total_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        self._default = Budget(
+            connect_s=connect_timeout_s,
+            headers_s=headers_timeout_s if headers_timeout_s is not None else total_timeout_s,
+            idle_s=idle_timeout_s,
+            total_s=total_timeout_s,
         )
+        self._budgets = dict(budgets or {})
         self._max_body = max_body_bytes
         self._ssl = dict(ssl_contexts)
         self._session: aiohttp.ClientSession | None = None
@@ -112,16 +174,24 @@ class Forwarder:
             body = None
         if length is not None:
             headers["Content-Length"] = str(length)
+        budget = self.budget(route)
+        started = time.monotonic()
+        # The connect phase is aiohttp's; the head (and total) deadline is ours, so that the
+        # body, read below, is bounded by idle_s and the route's deadline only.
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=budget.connect_s, sock_connect=budget.connect_s
+        )
         try:
-            upstream = await self._session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,  # SECURITY: redirects go back to the caller
-                timeout=self._timeout,
-                ssl=_ssl_for(url, ssl_context or self._ssl.get(route)),
-            )
+            async with asyncio.timeout(budget.head_s):
+                upstream = await self._session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,  # SECURITY: redirects go back to the caller
+                    timeout=timeout,
+                    ssl=_ssl_for(url, ssl_context or self._ssl.get(route)),
+                )
         except _BodyTooLarge:
             raise PayloadTooLarge() from None
         except (TimeoutError, aiohttp.ServerTimeoutError):
@@ -131,14 +201,22 @@ class Forwarder:
                 raise PayloadTooLarge() from None
             raise BadGateway(f"route {route}: {type(exc).__name__}") from None
         async with upstream:
-            return await self._relay(request, upstream, response_headers, scrub_query)
+            return await self._relay(
+                request, upstream, response_headers, scrub_query, budget, started
+            )
+
+    def budget(self, route: str) -> Budget:
+        """The route's time budget (the server defaults for a route without one)."""
+        return self._budgets.get(route, self._default)
 
     async def _relay(
         self,
         request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         extra: Mapping[str, str],
-        scrub_query: frozenset[str] = frozenset(),
+        scrub_query: frozenset[str],
+        budget: Budget,
+        started: float,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(sanitize_response_headers(upstream.headers))
@@ -153,12 +231,31 @@ class Forwarder:
         response.headers.update(extra)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
+            deadline = budget.deadline(started)
+            while True:
+                wait, reason = budget.idle_s, "upstream_idle_timeout"
+                if deadline is not None and deadline[0] - time.monotonic() < wait:
+                    wait, reason = max(0.0, deadline[0] - time.monotonic()), deadline[1]
+                try:
+                    async with asyncio.timeout(wait):
+                        chunk = await upstream.content.readany()
+                except TimeoutError:
+                    raise _Cut(reason) from None
+                if not chunk:
+                    break
                 await response.write(chunk)
             await response.write_eof()
+        except _Cut as cut:
+            # The gateway's own clock ended it: abort, so the caller sees a broken body.
+            log.info("response stream cut: %s", cut.reason)
+            response[STREAM_CUT] = cut.reason
+            if request.transport is not None:
+                request.transport.abort()
         except (TimeoutError, aiohttp.ClientError, ConnectionError, asyncio.CancelledError) as exc:
             # The head is on the wire: abort so the caller sees a broken, not a short, body.
             log.info("response stream aborted: %s", type(exc).__name__)
+            gone = request.transport is None or request.transport.is_closing()
+            response[STREAM_CUT] = "client_gone" if gone else "upstream_cut"
             if request.transport is not None:
                 request.transport.abort()
             if isinstance(exc, asyncio.CancelledError):
