@@ -42,6 +42,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -123,9 +124,14 @@ def b64url_decode(text: str) -> bytes:
     if "=" in text:
         raise ValueError("padded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
         raise ValueError("invalid base64url") from exc
+    if b64url_encode(raw) != text:
+        # SECURITY: non-zero unused bits in the last character ('AB' decodes like 'AA') would
+        # give one signed token several spellings (RFC 4648 §3.5: canonical encoding only).
+        raise ValueError("non-canonical base64url")
+    return raw
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -233,7 +239,13 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TxnTokenError("missing_claim", f"claim {name} missing or not a number")
-    return float(value)
+    try:
+        number = float(value)  # OverflowError for an integer like 10**400
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise TxnTokenError("bad_claim", f"claim {name} out of range")
+    return number
 
 
 def _string(claims: Mapping[str, Any], name: str, *, empty: bool = False) -> str:

@@ -58,6 +58,10 @@ OKP_CURVES = frozenset({"Ed25519", "Ed448"})
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 _B64URL_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
+_B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# The characters that may end a segment of length 2 (resp. 3) mod 4: their unused low 4
+# (resp. 2) bits are zero (RFC 4648 §3.5).
+_LAST_CHAR = {2: frozenset(_B64URL_ALPHABET[::16]), 3: frozenset(_B64URL_ALPHABET[::4])}
 _KID = re.compile(rf"[\x20-\x7e]{{1,{MAX_KID_CHARS}}}")
 
 
@@ -69,15 +73,25 @@ class TokenError(ValueError):
 
 
 def b64url_decode(segment: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 §2, Appendix C)."""
+    """Strict, canonical base64url without padding (RFC 7515 §2, Appendix C).
+
+    Canonical: the unused bits of the last character must be zero (RFC 4648 §3.5), so every
+    byte string has exactly one encoding and :func:`b64url_encode` gives the input back.
+    """
     # SECURITY: the lenient stdlib decoders drop characters outside the alphabet. Here the
     # base64 characters '+', '/' and '=' are mapped to '!' so that strict_mode refuses them,
     # as it refuses anything else outside the alphabet.
     try:
         data = segment.encode("ascii").translate(_B64URL_TO_STD)
-        return binascii.a2b_base64(data + b"=" * (-len(segment) % 4), strict_mode=True)
+        decoded = binascii.a2b_base64(data + b"=" * (-len(segment) % 4), strict_mode=True)
     except (ValueError, binascii.Error):
         raise TokenError("malformed base64url") from None
+    last = _LAST_CHAR.get(len(segment) % 4)
+    if last is not None and segment[-1] not in last:
+        # SECURITY: otherwise 'AB' decodes like 'AA': a signed token would have several
+        # spellings, each with a different hash (replay caches, token-keyed caches).
+        raise TokenError("malformed base64url")
+    return decoded
 
 
 def b64url_encode(data: bytes) -> str:
@@ -434,4 +448,8 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
         required[name] = value
     # RFC 7638 §3.3: lexicographic member order, no whitespace, UTF-8.
     canonical = json.dumps(required, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
+    try:
+        encoded = canonical.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") from JSON has no UTF-8 form
+        raise TokenError("malformed JWK member") from None
+    return b64url_encode(hashlib.sha256(encoded).digest())
