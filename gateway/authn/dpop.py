@@ -76,6 +76,7 @@ _DEFAULT_PORTS: Mapping[str, int] = {"http": 80, "https": 443}
 _URI_CHARS = re.compile(r"[\x21-\x7e]+")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEX = frozenset("0123456789abcdefABCDEF")
+_ENCODE_RAW = str.maketrans({c: f"%{ord(c):02X}" for c in '"<>`{}|^[]'})
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,16 +220,19 @@ class DPoPVerifier:
         access_token: str | None,
         jkt: str | None,
     ) -> None:
+        # Both values are base64url (ASCII); anything else -- a lone surrogate such as
+        # "\ud800" from the JSON, which has no UTF-8 encoding -- simply does not match.
         if access_token is not None:
             ath = claims.get("ath")
-            expected = b64url_encode(hashlib.sha256(access_token.encode("utf-8")).digest())
-            if not isinstance(ath, str) or not hmac.compare_digest(
-                ath.encode("utf-8"), expected.encode("ascii")
-            ):
+            if not isinstance(ath, str) or not ath.isascii() or not access_token.isascii():
+                raise TokenError("ath does not match the access token")
+            expected = b64url_encode(hashlib.sha256(access_token.encode("ascii")).digest())
+            if not hmac.compare_digest(ath.encode("ascii"), expected.encode("ascii")):
                 raise TokenError("ath does not match the access token")
         # SECURITY: RFC 9449 §7.1 -- the proof key must be the key the token is bound to.
-        if jkt is not None and not hmac.compare_digest(
-            header.jkt.encode("ascii"), jkt.encode("utf-8")
+        if jkt is not None and (
+            not jkt.isascii()
+            or not hmac.compare_digest(header.jkt.encode("ascii"), jkt.encode("ascii"))
         ):
             raise TokenError("proof key does not match the token binding")
 
@@ -300,7 +304,11 @@ def normalize_htu(uri: str) -> str:
 
 
 def canonical_path(path: str) -> str:
-    """Decode unreserved escapes, upper-case the others, resolve dot segments, merge slashes."""
+    """Encode what ``normalize_path`` encodes, decode unreserved escapes, upper-case the
+    others, resolve dot segments, merge slashes."""
+    # The characters gateway.upstream.paths percent-encodes (RFC 3986 §3.3 forbids them raw):
+    # a client that signs the raw path must get the htu of the path the gateway forwards.
+    path = path.translate(_ENCODE_RAW)
     if "%" in path:
         pieces = path.split("%")
         out = [pieces[0]]

@@ -41,6 +41,11 @@ def fuzz(examples: int, *, deadline_ms: int | None = None) -> Callable[[T], T]:
     return settings(settings.get_profile(PROFILE), **extra)
 
 
+def mostly(value: T, others: st.SearchStrategy[T]) -> st.SearchStrategy[T]:
+    """``value`` three times in four, else a draw from ``others``."""
+    return st.one_of(st.just(value), st.just(value), st.just(value), others)
+
+
 # --------------------------------------------------------------------------- encoding
 
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -237,8 +242,8 @@ def mutated_object(draw: st.DrawFn, base: Mapping[str, Any], names: Sequence[str
 
 @st.composite
 def json_segment(draw: st.DrawFn, obj: Any) -> str:
-    """The base64url of ``obj`` as JSON, usually compact, sometimes raw hostile JSON text."""
-    choice = draw(st.integers(0, 19))
+    """The base64url of ``obj`` as hostile JSON: raw texts, a spliced duplicate, indentation."""
+    choice = draw(st.integers(0, 3))
     if choice == 0:
         return b64url(draw(st.sampled_from(RAW_JSON)).encode("utf-8", "surrogatepass"))
     if choice == 1:
@@ -248,9 +253,7 @@ def json_segment(draw: st.DrawFn, obj: Any) -> str:
             key = draw(st.sampled_from(sorted(obj, key=str)))
             body = body[:-1] + "," + compact_json({key: draw(json_values)})[1:]
         return b64url(body.encode("utf-8", "surrogatepass"))
-    if choice == 2:
-        return b64url(json.dumps(obj, indent=draw(st.integers(0, 2))).encode())
-    return b64url(compact_json(obj).encode())
+    return b64url(json.dumps(obj, indent=draw(st.integers(0, 2))).encode())
 
 
 # --------------------------------------------------------------------------- text mutation
@@ -305,18 +308,23 @@ def sign_compact(key: SigningKey, header_b64: str, payload_b64: str, alg: str | 
 
 
 @st.composite
-def signatures(draw: st.DrawFn, key: SigningKey, signing_input: bytes, alg: str) -> bytes:
-    """Usually the right signature; sometimes another key's, a truncated one, r = s = 0, ..."""
-    choice = draw(st.integers(0, 9))
+def bad_signatures(draw: st.DrawFn, key: SigningKey, signing_input: bytes, alg: str) -> bytes:
+    """Another key's signature, r = s = 0, random bytes, a truncated or extended one."""
+    choice = draw(st.integers(0, 4))
     if choice == 0:
         return OTHER_ES256.sign(signing_input)
     if choice == 1:
-        return bytes(64)  # r = s = 0 ("psychic signatures")
+        return bytes(64)  # r = s = 0 ("psychic signatures", CVE-2022-21449)
     if choice == 2:
         return draw(st.binary(max_size=140))
-    if choice == 3:
-        return key.sign(signing_input, alg)[:-1]
-    return key.sign(signing_input, alg)
+    good = key.sign(signing_input, alg)
+    return good[:-1] if choice == 3 else good + b"\x00"
+
+
+# One fault per generated object keeps most inputs one step from valid (deep checks are
+# reached); "none" (a valid object) is drawn one time in four.
+JWS_FAULTS = ("none", "header", "claims", "encoding", "signature", "text")
+faults = st.sampled_from(("none", "none", *JWS_FAULTS))
 
 
 @st.composite
@@ -328,20 +336,163 @@ def jws_tokens(
     *,
     header_names: Sequence[str] = HEADER_NAMES,
     claim_names: Sequence[str] = CLAIM_NAMES,
+    fault: str | None = None,
 ) -> tuple[str, bool]:
     """A compact JWS and whether its text was edited after signing (then it must never verify).
 
-    The header and claims are mutated structurally *before* signing (so claim checks behind the
-    signature are reached); about a third of the tokens are then edited as text.
+    ``fault`` (drawn from :data:`faults` when not given) says what is wrong with it: nothing,
+    a mutated header or claims set (signed as is, so the checks behind the signature run), a
+    hostile JSON encoding, a wrong signature, or an edit of the token text after signing.
     """
-    h = draw(st.just(dict(header)) | mutated_object(header, header_names))
-    c = draw(st.just(dict(claims)) | mutated_object(claims, claim_names))
-    head, body = draw(json_segment(h)), draw(json_segment(c))
-    alg = h.get("alg") if isinstance(h, dict) and isinstance(h.get("alg"), str) else key.alg
-    signing_input = f"{head}.{body}".encode("ascii")
+    fault = fault if fault is not None else draw(faults)
+    h: Any = dict(header)
+    c: Any = dict(claims)
+    if fault == "header":
+        h = draw(mutated_object(header, header_names))
+    elif fault == "claims":
+        c = draw(mutated_object(claims, claim_names))
+    if fault == "encoding":
+        head, body = draw(
+            st.sampled_from(
+                [
+                    (json_segment(h), st.just(b64url(compact_json(c).encode()))),
+                    (st.just(b64url(compact_json(h).encode())), json_segment(c)),
+                ]
+            ).flatmap(lambda pair: st.tuples(*pair))
+        )
+    else:
+        head, body = b64url(compact_json(h).encode()), b64url(compact_json(c).encode())
+    alg = h.get("alg") if isinstance(h, dict) else None
     alg = alg if alg in (*RSA_ALGS, "ES256", "ES384", "ES512") else key.alg
-    token = f"{head}.{body}.{b64url(draw(signatures(key, signing_input, alg)))}"
-    if draw(st.integers(0, 2)) == 0:
+    signing_input = f"{head}.{body}".encode("ascii")
+    if fault == "signature":
+        signature = draw(bad_signatures(key, signing_input, alg))
+    else:
+        signature = key.sign(signing_input, alg)
+    token = f"{head}.{body}.{b64url(signature)}"
+    if fault == "text":
         edited = draw(mutated_text(token))
         return edited, edited != token
     return token, False
+
+
+# --------------------------------------------------------------------------- paths and URIs
+
+# Pieces of request paths that have fooled normalisers: dot segments plain and escaped,
+# escapes to decode or to keep, characters to encode. Every one of them is accepted.
+PATH_PIECES = (
+    "a",
+    "B",
+    "flights",
+    ".",
+    "..",
+    "...",
+    "%2e",
+    "%2E",
+    "%2e%2e",
+    ".%2e",
+    "%2e.",
+    "",
+    "%41",
+    "%7e",
+    "%7E",
+    "%2d",
+    "%25",
+    "%252e",
+    "%3a",
+    "%c3%a9",
+    "~",
+    "-",
+    "_",
+    "!",
+    "$",
+    "&",
+    "'",
+    "(",
+    "*",
+    "+",
+    ",",
+    "=",
+    ":",
+    "@",
+    '"',
+    "<",
+    ">",
+    "`",
+    "{",
+    "}",
+    "|",
+    "^",
+    "[",
+    "]",
+)
+# ... and pieces that must be refused: escaped separators and controls, path parameters,
+# backslashes, raw controls, raw non-ASCII, bad escapes, query and fragment delimiters.
+BAD_PATH_PIECES = (
+    "%2f",
+    "%2F",
+    "%5c",
+    "%5C",
+    "%00",
+    "%0a",
+    "%7f",
+    "%zz",
+    "%4",
+    "%",
+    ";",
+    "%3b",
+    "..;",
+    "\\",
+    "?",
+    "#",
+    " ",
+    "\t",
+    "\x00",
+    "\x7f",
+    "é",
+)
+
+# About one piece in fifteen is a bad one: most paths get through to the deep rules.
+_piece = st.sampled_from(PATH_PIECES * 6 + BAD_PATH_PIECES)
+segments = st.lists(_piece, min_size=1, max_size=3).map("".join)
+structured_paths = st.lists(segments, max_size=8).map(lambda parts: "/" + "/".join(parts))
+paths = st.one_of(
+    structured_paths,
+    structured_paths,
+    structured_paths,
+    st.text(max_size=16),
+    st.sampled_from(["*", "", "/", "//", "http://x/a"]),
+)
+
+HOSTS = (
+    "gw.example.org",
+    "GW.Example.ORG",
+    "gw.example.org:443",
+    "gw.example.org:80",
+    "gw.example.org:8443",
+    "gw.example.org:",
+    "gw.example.org:0",
+    "gw.example.org:99999",
+    "gw.example.org:abc",
+    "127.0.0.1",
+    "[::1]",
+    "[::1]:443",
+    "[::1",
+    "[fe80::1%25eth0]",
+    "user@gw.example.org",
+    "",
+    "gw.example.org/x",
+    "gw.example.org?x",
+    "gw.example.org#x",
+    "a b",
+    "é.example",
+)
+
+
+@st.composite
+def uris(draw: st.DrawFn) -> str:
+    scheme = draw(st.sampled_from(["https", "HTTPS", "http", "Http", "ftp", ""]))
+    host = draw(st.sampled_from(HOSTS) | st.text(max_size=8))
+    path = draw(structured_paths)
+    tail = draw(st.sampled_from(["", "?", "?a=1", "#f", "?a=1#f"]))
+    return f"{scheme}://{host}{path}{tail}"
