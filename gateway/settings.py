@@ -767,9 +767,11 @@ class HMACSignCredential(Strict):
     """RFC 9421 signature with a shared secret (hmac-sha256)."""
 
     type: Literal["hmac_sign"]
-    key_id: str
+    # Written into Signature-Input as an RFC 8941 sf-string and a dictionary key: printable
+    # ASCII only (RFC 8941 §3.3.3), and a lowercase key (§3.2), or no request could be signed.
+    key_id: str = Field(pattern=r"^[\x20-\x7e]{1,256}$")
     secret: SecretRef
-    label: str = "sig1"
+    label: str = Field("sig1", pattern=r"^[a-z*][a-z0-9_.*-]{0,63}$")
 
 
 class SignedJWTCredential(Strict):
@@ -831,12 +833,19 @@ def tree_node(node: dict[str, Any]) -> tuple[str, list[Any], Bind | None]:
     return op, node[op], parse_bind(node["bind"]) if "bind" in node else None
 
 
-def _check_tree(node: Any, path: str = "") -> None:
+MAX_AUTHN_DEPTH = 16  # nested any_of/all_of levels; deeper trees are refused
+
+
+def _check_tree(node: Any, path: str = "", depth: int = 0) -> None:
     # Problems carry their position inside the tree as "<at:any_of.1> ..." so that
     # _problems can append it to the key path of the route's ``authn``.
     at = f"<at:{path}> " if path else ""
     if isinstance(node, str):
         return
+    if depth >= MAX_AUTHN_DEPTH:
+        # Bounded here, so that no recursion over the tree (here, tree_names, the composed
+        # authenticator) can exhaust the stack: a RecursionError is not a ConfigError.
+        raise ValueError(f"{at}nested deeper than {MAX_AUTHN_DEPTH} levels")
     ops = [k for k in node if k != "bind"] if isinstance(node, dict) else []
     if len(ops) != 1:
         raise ValueError(f"{at}must be a method name or one of {{any_of: [...]}} {{all_of: [...]}}")
@@ -855,7 +864,7 @@ def _check_tree(node: Any, path: str = "") -> None:
     if not isinstance(children, list) or not children:
         raise ValueError(f"<at:{inner}> must be a non-empty list")
     for i, child in enumerate(children):
-        _check_tree(child, f"{inner}.{i}")
+        _check_tree(child, f"{inner}.{i}", depth + 1)
 
 
 def tree_names(node: Any) -> set[str]:
@@ -1003,8 +1012,18 @@ def _loc(loc: tuple[int | str, ...]) -> str:
             continue
         if isinstance(p, str) and p in _DISCRIMINATED and _tagged_position(parts):
             continue
-        parts.append(str(p))
+        parts.append(_key_text(str(p)))
     return ".".join(parts)
+
+
+_PLAIN_KEY = re.compile(r'[^\s."\\]+')
+
+
+def _key_text(key: str) -> str:
+    """A key as a path component: quoted (JSON, ASCII) when it is empty, holds a '.', a
+    quote, a backslash, whitespace or anything unprintable, so that a path stays one
+    unambiguous line (a key "a.b" is not the path a -> b; a newline cannot split a line)."""
+    return key if _PLAIN_KEY.fullmatch(key) and key.isprintable() else json.dumps(key)
 
 
 def _tagged_position(parts: list[str]) -> bool:
@@ -1076,18 +1095,46 @@ def parse_settings(data: Any, base_dir: Path) -> Settings:
         raise ConfigError(_problems(exc)) from None
 
 
+MAX_YAML_DEPTH = 64  # nested mappings/sequences in a configuration file
+
+
+def _check_yaml_depth(text: str, path: Path) -> None:
+    """Refuse deeper nesting than MAX_YAML_DEPTH before PyYAML's recursive composer runs.
+
+    The event parser is iterative; the composer recurses once per level (slowly, then with a
+    RecursionError near 1000 levels), and every later walk over the data would too.
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                where = f" (line {mark.line + 1})" if mark is not None else ""
+                problem = f"{path}: nested deeper than {MAX_YAML_DEPTH} levels{where}"
+                raise ConfigError([("", problem)])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 def load_settings(path: Path) -> Settings:
     """Read and validate the YAML file at ``path``."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([("", f"cannot read {path}: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([("", f"{path}: not UTF-8 text (byte {exc.start})")]) from None
     try:
+        _check_yaml_depth(text, path)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([("", f"{path}: invalid YAML{where}")]) from None
+    except ValueError as exc:
+        # PyYAML's constructors raise plain ValueErrors, e.g. for the date 2001-02-30.
+        raise ConfigError([("", f"{path}: invalid YAML value: {str(exc)[:100]}")]) from None
     if data is None:
         raise ConfigError([("", f"{path}: the configuration file is empty")])
     return parse_settings(data, path.resolve().parent)
