@@ -51,7 +51,7 @@ from gateway.settings import RateLimit, TelemetrySettings
 from gateway.state import State
 from gateway.state.ratelimit import enforce, obligation_limit, split
 from gateway.state.revocation import Revoked, identifiers
-from gateway.upstream.forward import STREAM_CUT, Forwarder
+from gateway.upstream.forward import STREAM_CUT, Forwarder, is_websocket_upgrade
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
 from gateway.upstream.paths import drop_query_params, normalize_path
 from gateway.upstream.routes import CompiledRoute, RouteTable
@@ -266,6 +266,13 @@ class Pipeline:
         route = self.routes.match(facts.method, facts.host, facts.path)
         trail.route = route.name
         span.set_route(route.name, route.settings.match.path_prefix)
+        if not route.settings.websocket and is_websocket_upgrade(request):
+            # SECURITY: an upgrade reaches only routes built for it (Envoy answers 403 too).
+            raise Forbidden(
+                f"route {route.name}: websocket upgrade not allowed",
+                reason="upgrade_not_allowed",
+                public="websocket upgrade not allowed on this route",
+            )
         pre, post = self._limits[route.name]
         await enforce(self.state.limiter, route.name, pre, facts, None)
         identity = trail.identity = await self.authenticate(route, request, facts)
@@ -501,6 +508,18 @@ class Pipeline:
             request.method, out.url, route=route.name, headers=out.headers
         ) as client:
             try:
+                if route.settings.websocket and is_websocket_upgrade(request):
+                    response = await self.forwarder.websocket(
+                        request,
+                        out.url,
+                        out.headers,
+                        route=route.name,
+                        ssl_context=out.ssl_context,
+                        max_message_bytes=route.settings.websocket_max_message_bytes,
+                        response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
+                    )
+                    client.set_status(response.status)
+                    return self._cut_counted(route, response)
                 response = await self.forwarder.forward(
                     request,
                     out.url,
@@ -515,6 +534,11 @@ class Pipeline:
                     self.metrics.upstream_error(route.name, exc.reason)
                 raise
             client.set_status(response.status)
+        return self._cut_counted(route, response)
+
+    def _cut_counted(
+        self, route: CompiledRoute, response: web.StreamResponse
+    ) -> web.StreamResponse:
         cut = response.get(STREAM_CUT)
         if cut is not None and cut != "client_gone":  # the upstream's or the gateway's clock
             self.metrics.upstream_error(route.name, cut)

@@ -916,6 +916,9 @@ class Route(Strict):
     rate_limits: tuple[RateLimit, ...] = ()
     # A long-lived response (SSE, MCP event stream): no total cap, only idle_s and max_s.
     stream: bool = False
+    # WebSocket upgrades are proxied (after authn and the decision); elsewhere refused (403).
+    websocket: bool = False
+    websocket_max_message_bytes: int = Field(1024 * 1024, ge=125, le=64 * 1024 * 1024)
     timeouts: RouteTimeouts = RouteTimeouts()
 
     @field_validator("upstream")

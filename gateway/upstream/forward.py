@@ -27,6 +27,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -75,9 +76,9 @@ class Budget:
 
 
 def route_budget(route: Route, server: Timeouts) -> Budget:
-    """``route.timeouts`` over ``server.timeouts``; stream routes get no total."""
+    """``route.timeouts`` over ``server.timeouts``; stream and websocket routes get no total."""
     t = route.timeouts
-    long_lived = route.stream
+    long_lived = route.stream or route.websocket
     return Budget(
         connect_s=t.connect_s or server.upstream_connect_s,
         headers_s=t.headers_s or server.upstream_headers_s,
@@ -205,6 +206,31 @@ class Forwarder:
                 request, upstream, response_headers, scrub_query, budget, started
             )
 
+    async def websocket(
+        self,
+        request: web.BaseRequest,
+        url: URL,
+        headers: CIMultiDict[str],
+        *,
+        route: str,
+        max_message_bytes: int,
+        response_headers: Mapping[str, str],
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> web.StreamResponse:
+        """Proxy a WebSocket upgrade (see :func:`relay_websocket`)."""
+        assert self._session is not None, "Forwarder.start() was not awaited"
+        return await relay_websocket(
+            self._session,
+            request,
+            url,
+            headers,
+            route=route,
+            budget=self.budget(route),
+            max_message_bytes=max_message_bytes,
+            response_headers=response_headers,
+            ssl=_ssl_for(url, ssl_context or self._ssl.get(route)),
+        )
+
     def budget(self, route: str) -> Budget:
         """The route's time budget (the server defaults for a route without one)."""
         return self._budgets.get(route, self._default)
@@ -291,3 +317,150 @@ def _caused_by_limit(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    """A GET asking to switch to WebSocket (RFC 6455 §4.1: Upgrade + Connection: upgrade)."""
+    connection = {
+        t.strip().lower() for v in request.headers.getall("Connection", ()) for t in v.split(",")
+    }
+    upgrade = {
+        t.strip().lower() for v in request.headers.getall("Upgrade", ()) for t in v.split(",")
+    }
+    return "upgrade" in connection and "websocket" in upgrade
+
+
+_WS_DROP = (
+    "Sec-WebSocket-Key",
+    "Sec-WebSocket-Version",
+    "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Accept",
+    "Sec-WebSocket-Protocol",
+)
+
+
+def _sendable(code: int | None) -> int:
+    # 1005/1006/1015 are never sent on the wire (RFC 6455 §7.4.1).
+    if code is None or code in (1005, 1006, 1015) or not (1000 <= code < 5000):
+        return 1000
+    return code
+
+
+async def relay_websocket(
+    session: aiohttp.ClientSession,
+    request: web.BaseRequest,
+    url: URL,
+    headers: CIMultiDict[str],
+    *,
+    route: str,
+    budget: Budget,
+    max_message_bytes: int,
+    response_headers: Mapping[str, str],
+    ssl: ssl.SSLContext | bool,
+) -> web.StreamResponse:
+    """Connect to the upstream first (a refusal is still a 502/504), then relay frames.
+
+    The session ends when either side closes (its close code goes to the other side), after
+    ``idle_s`` without a data message either way (1001, ``websocket_idle_timeout``), after
+    ``max_s`` (1001, ``stream_max_duration``), or on a message over ``max_message_bytes``
+    (1009 both ways, ``websocket_message_too_big``).
+    """
+    protocols = tuple(
+        p.strip()
+        for v in request.headers.getall("Sec-WebSocket-Protocol", ())
+        for p in v.split(",")
+        if p.strip()
+    )
+    for name in _WS_DROP:
+        headers.popall(name, None)
+    try:
+        async with asyncio.timeout(budget.head_s):
+            upstream = await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=protocols,
+                max_msg_size=max_message_bytes,
+                autoclose=False,
+                compress=0,
+                ssl=ssl,
+            )
+    except TimeoutError:
+        raise GatewayTimeout(f"route {route}: websocket upstream timed out") from None
+    except aiohttp.ClientError as exc:
+        raise BadGateway(f"route {route}: websocket {type(exc).__name__}") from None
+    client = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        max_msg_size=max_message_bytes,
+        autoclose=False,
+        compress=False,
+    )
+    client.headers.update(response_headers)
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close()
+        raise
+    last = [time.monotonic()]
+
+    async def pump(
+        src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    ) -> tuple[str, int]:
+        while True:
+            msg = await src.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type is aiohttp.WSMsgType.CLOSE:
+                return "ok", _sendable(msg.data)
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                too_big = src.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+                if too_big:
+                    return "websocket_message_too_big", 1009
+                return "upstream_cut" if src is upstream else "client_gone", 1011
+            else:  # CLOSING / CLOSED
+                return "upstream_cut" if src is upstream else "client_gone", 1001
+            last[0] = time.monotonic()
+
+    started = time.monotonic()
+    tasks = {
+        asyncio.create_task(pump(client, upstream)),
+        asyncio.create_task(pump(upstream, client)),
+    }
+    reason, code = "ok", 1000
+    try:
+        while True:
+            now = time.monotonic()
+            wait, why = last[0] + budget.idle_s - now, "websocket_idle_timeout"
+            if budget.max_s is not None and started + budget.max_s - now < wait:
+                wait, why = started + budget.max_s - now, "stream_max_duration"
+            done, _ = await asyncio.wait(
+                tasks, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
+            )
+            if done:
+                reason, code = next(iter(done)).result()
+                break
+            now = time.monotonic()
+            if now >= last[0] + budget.idle_s or (
+                budget.max_s is not None and now >= started + budget.max_s
+            ):
+                reason, code = why, 1001
+                break
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        log.info("websocket relay aborted: %s", type(exc).__name__)
+        reason, code = "upstream_cut", 1011
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with asyncio.timeout(5):
+            for ws in (client, upstream):
+                if not ws.closed:
+                    with contextlib.suppress(aiohttp.ClientError, ConnectionError):
+                        await ws.close(
+                            code=code, message=b"" if reason == "ok" else reason.encode()
+                        )
+    if reason != "ok":
+        client[STREAM_CUT] = reason
+    return client
