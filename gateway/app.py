@@ -121,6 +121,7 @@ class Runtime:
             idle_timeout_s=server.timeouts.upstream_idle_s,
             budgets={r.name: route_budget(r, server.timeouts) for r in settings.routes},
             max_body_bytes=server.limits.max_body_bytes,
+            send_timeout_s=server.timeouts.send_s,
             ssl_contexts={
                 r.name: tls.upstream_context(r.upstream_tls)
                 for r in settings.routes
@@ -436,10 +437,14 @@ class Gateway:
         web_server = GatewayServer(
             self._handle,
             header_read_s=server.timeouts.header_read_s,
+            body_read_s=server.timeouts.body_read_s,
+            max_connections=server.limits.max_connections,
+            scheme="https" if self.ssl_context else "http",
             # Requests the HTTP parser refuses never reach the pipeline; count them anyway.
             on_refused=lambda status, reason: self.metrics.observe_request(
                 "-", status, reason, 0.0
             ),
+            on_connection_refused=self.metrics.connection_refused,
             handler_cancellation=True,
             keepalive_timeout=server.timeouts.idle_s,
             max_line_size=server.limits.max_header_bytes,
@@ -447,6 +452,7 @@ class Gateway:
             max_headers=server.limits.max_headers,
             access_log=None,
         )
+        self.metrics.watch_connections(lambda: web_server.open_connections)
         main = web.ServerRunner(web_server, shutdown_timeout=server.timeouts.drain_s)
         admin_application = admin_app(self.metrics, self.readiness)
         admin_routes(admin_application, self.state.revocations, self.settings.admin.token)

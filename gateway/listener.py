@@ -13,6 +13,20 @@ ours adds three things the stock one lacks:
 * **Parser errors rendered like every other error**: an oversized header
   block is ``431``, an oversized request line ``414``, anything else the parser
   refuses ``400``, each as problem+json with an ``X-Request-Id``.
+* **One framing rule for both aiohttp parsers** (:mod:`gateway.framing`): every
+  parsed head is checked before the pipeline runs; a refusal closes the
+  connection. So does an ``Upgrade`` request (the gateway never upgrades, and
+  the bytes behind it were meant for another protocol) and any error answer
+  sent while the request body is still unread.
+* **A body-read deadline.** While the gateway waits for request body bytes, a
+  gap of ``body_read_s`` ends the request with ``408`` and closes the
+  connection; an upstream that had begun receiving the body sees its
+  connection cut, never a request left hanging.
+* **A connection cap.** Past ``max_connections`` open connections, a new
+  connection's first request is answered ``503`` with ``Connection: close``
+  and ``Retry-After`` (nginx ``limit_conn``); past that plus
+  :data:`REFUSAL_SLOTS` the connection is closed at once (Envoy's listener
+  ``max_connections``). Both are counted with a reason.
 """
 
 from __future__ import annotations
@@ -23,14 +37,18 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, cast
 
-from aiohttp import web
+from aiohttp import http_parser, web
+from aiohttp.helpers import BaseTimerContext
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from yarl import URL
 
 from gateway.context import Peer
+from gateway.framing import FramingError, check_head
 from gateway.render import problem
 from gateway.spiffe import InvalidSpiffeID, peer_from_der
 
@@ -40,6 +58,92 @@ SERVER = "agentgate"
 
 # Called once per request refused before the pipeline ran: (status, reason code).
 OnRefused = Callable[[int, str], None]
+# Called once per connection refused by the cap: (reason code).
+OnConnectionRefused = Callable[[str], None]
+
+# Connections past max_connections that still get a 503 answer; any further one is closed
+# on accept. A 503 needs the client's request head, and reading it costs a socket for up
+# to header_read_s: this bounds what a connection flood can hold on top of the cap.
+REFUSAL_SLOTS = 32
+
+
+def parser_kind() -> Literal["llhttp", "python"]:
+    """Which aiohttp HTTP/1 parser this process runs (README "What the listener refuses")."""
+    if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy:
+        return "python"
+    return "llhttp"
+
+
+class BodyReadTimeout(TimeoutError):
+    """No request body byte arrived for ``body_read_s`` while the gateway waited for one."""
+
+
+class BodyIdleTimer(BaseTimerContext):
+    """A fresh ``idle_s`` deadline around every wait of a request body's reader.
+
+    aiohttp's :class:`~aiohttp.streams.StreamReader` enters its timer around each wait for
+    data (and only then), so this bounds the gap between two body reads whoever reads the
+    body: the forwarder, an authenticator that buffers it, the Token Service. Time the
+    gateway spends elsewhere (PDP, upstream connect) is not the client's and is not
+    counted. When the deadline passes the waiting task is cancelled and the read raises
+    :class:`BodyReadTimeout`; every later read raises it too.
+    """
+
+    __slots__ = ("_cancelling", "_handle", "_idle_s", "_loop", "_on_fire", "_task", "fired")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, idle_s: float, on_fire: Callable[[], None]
+    ) -> None:
+        self._loop = loop
+        self._idle_s = idle_s
+        self._on_fire = on_fire
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelling = 0
+        self.fired = False
+
+    def assert_timeout(self) -> None:
+        if self.fired:
+            raise BodyReadTimeout
+
+    def __enter__(self) -> BaseTimerContext:
+        if self.fired:
+            raise BodyReadTimeout
+        task = asyncio.current_task(self._loop)
+        if task is None:
+            raise RuntimeError("a request body is read outside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._handle = self._loop.call_later(self._idle_s, self._fire)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool | None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        task, self._task = self._task, None
+        if exc_type is asyncio.CancelledError and self.fired and task is not None:
+            if task.uncancel() > self._cancelling:
+                return None  # cancelled for another reason as well: let that propagate
+            raise BodyReadTimeout
+        return None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._task is None:
+            return
+        self.fired = True
+        self._on_fire()
+        self._task.cancel()
+
+
+def _problem(status: int, reason: str, public: str, **headers: str) -> web.Response:
+    """A refusal of the listener's own: problem+json, no library banner, connection closed."""
+    resp = problem(status, reason, public, str(uuid.uuid4()), headers=headers or None)
+    # SECURITY: aiohttp would add "Server: Python/3.x aiohttp/3.y" (DESIGN.md §5).
+    resp.headers["Server"] = SERVER
+    resp.force_close()
+    return resp
 
 
 # HTTP/2 prior knowledge (RFC 9113 §3.3) on this HTTP/1.1 listener: answer with the server
@@ -85,6 +189,10 @@ class PeerCache:
 
 class GatewayRequestHandler(RequestHandler):
     __slots__ = (
+        "_body",
+        "_body_read_s",
+        "_body_timer",
+        "_counted",
         "_deadline",
         "_fresh",
         "_header_read_s",
@@ -93,6 +201,8 @@ class GatewayRequestHandler(RequestHandler):
         "_line_done",
         "_on_refused",
         "_peer_cache",
+        "_server",
+        "over_capacity",
         "peer",
     )
 
@@ -101,13 +211,20 @@ class GatewayRequestHandler(RequestHandler):
         manager: GatewayServer,
         *,
         header_read_s: float,
+        body_read_s: float,
         peer_cache: PeerCache,
         on_refused: OnRefused | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(manager, **kw)
         self.peer: Peer | None = None
+        self.over_capacity = False
+        self._server = manager
+        self._counted = False
         self._header_read_s = header_read_s
+        self._body_read_s = body_read_s
+        self._body_timer: BodyIdleTimer | None = None
+        self._body: StreamReader | None = None  # the body of the request being served
         self._peer_cache = peer_cache
         self._on_refused = on_refused
         self._deadline: asyncio.TimerHandle | None = None
@@ -119,6 +236,16 @@ class GatewayRequestHandler(RequestHandler):
         self._fresh = True  # no byte received yet on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        admission = self._server.admit()
+        if admission == "drop":
+            # SECURITY: past the cap and its refusal slots a connection costs nothing more
+            # than the accept: no parser, no task, no answer (Envoy's listener overflow).
+            self.transport = cast(asyncio.Transport, transport)
+            self.force_close()
+            cast(asyncio.Transport, transport).abort()
+            return
+        self._counted = True
+        self.over_capacity = admission == "refuse"
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         super().connection_made(transport)
@@ -157,10 +284,21 @@ class GatewayRequestHandler(RequestHandler):
                 end = data.find(b"\n")
                 self._line_bytes += len(data) if end < 0 else end
                 self._line_done = end >= 0
+        queued = len(self._messages)
         super().data_received(data)
+        body = self._body
+        if body is not None and len(self._messages) > queued and not body.is_eof():
+            # A message queued while the current body is unfinished can only be aiohttp's
+            # record of a parse error (llhttp gives up on a bad chunk without telling the
+            # body's reader, which would wait for bytes that never come): fail the body now,
+            # so that the forwarder answers 400 and cuts the upstream's half-sent request.
+            body.set_exception(RequestPayloadError("malformed request body"))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._counted:
+            self._counted = False
+            self._server.release(self.over_capacity)
         super().connection_lost(exc)
 
     def request_started(self) -> None:
@@ -169,10 +307,34 @@ class GatewayRequestHandler(RequestHandler):
 
     def request_finished(self) -> None:
         self._in_request = False
+        self._body = None
         self._line_bytes = 0
         self._line_done = False
 
+    def watch_body(self, payload: StreamReader) -> None:
+        """Bound every wait for ``payload``'s bytes by ``body_read_s`` (see BodyIdleTimer),
+        and fail it at once if the parser refuses what follows (see data_received)."""
+        self._body = None
+        if payload.is_eof():
+            return  # no body, or all of it is here already
+        self._body = payload
+        self._body_timer = BodyIdleTimer(self._loop, self._body_read_s, self._body_timeout)
+        # aiohttp builds each payload with the parser's timer (none, on a server); the
+        # attribute is a slot of StreamReader, checked by tests/unit/test_listener.py.
+        payload._timer = self._body_timer
+
+    def _body_timeout(self) -> None:
+        log.info("request body stalled for %.1fs: 408", self._body_read_s)
+
+    @property
+    def body_timed_out(self) -> bool:
+        return self._body_timer is not None and self._body_timer.fired
+
     def _arm(self) -> None:
+        # Behind start_tls the first bytes can arrive before connection_made (which arms
+        # again): a second timer must replace the first, never orphan it (an orphan fired a
+        # 408 into a kept-alive connection mid-request; found by bench/soak.py).
+        self._disarm()
         self._deadline = self._loop.call_later(self._header_read_s, self._header_timeout)
 
     def _disarm(self) -> None:
@@ -200,21 +362,28 @@ class GatewayRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
-        if isinstance(exc, LineTooLong) and self._line_bytes > _limit(exc):
-            resp = problem(414, "uri_too_long", "request target too long", request_id)
+        if self.body_timed_out or isinstance(exc, BodyReadTimeout):
+            # A body reader other than the forwarder let the timeout escape the pipeline.
+            answer = (408, "body_timeout", "request body too slow")
+        elif isinstance(exc, RequestPayloadError):
+            # A body reader other than the forwarder met a body the parser refused.
+            answer = (400, "bad_framing", "malformed request body")
+        elif isinstance(exc, LineTooLong) and self._line_bytes > _limit(exc):
+            answer = (414, "uri_too_long", "request target too long")
         elif isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "too many headers" in str(exc).lower()
         ):
-            resp = problem(431, "headers_too_large", "request header fields too large", request_id)
+            answer = (431, "headers_too_large", "request header fields too large")
         elif status == 400:
-            resp = problem(400, "bad_request", "malformed HTTP request", request_id)
+            answer = (400, "bad_request", "malformed HTTP request")
         else:
             log.error("unhandled error (request_id=%s)", request_id, exc_info=exc)
-            resp = problem(500, "internal_error", "internal error", request_id)
+            answer = (500, "internal_error", "internal error")
+        resp = problem(*answer, request_id)
         # SECURITY: aiohttp would add "Server: Python/3.x aiohttp/3.y" (DESIGN.md §5).
         resp.headers["Server"] = SERVER
         resp.force_close()
-        self._refused(resp.status, _reason(resp))
+        self._refused(answer[0], answer[1])
         return resp
 
 
@@ -223,34 +392,127 @@ def _limit(exc: LineTooLong) -> int:
     return limit if isinstance(limit, int) else sys.maxsize  # unknown: not the line
 
 
-def _reason(resp: web.Response) -> str:
-    return {400: "bad_request", 414: "uri_too_long", 431: "headers_too_large"}.get(
-        resp.status, "internal_error"
-    )
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Admission = Literal["serve", "refuse", "drop"]
 
 
 class GatewayServer(web.Server):
-    """aiohttp's low-level server, making :class:`GatewayRequestHandler` connections."""
+    """aiohttp's low-level server, making :class:`GatewayRequestHandler` connections.
+
+    ``handler`` (the pipeline) only sees requests that passed :func:`check_head` on a
+    connection under the cap; :meth:`_serve` answers the others itself.
+    """
 
     def __init__(
         self,
-        handler: Any,
+        handler: Handler,
         *,
         header_read_s: float,
+        body_read_s: float = 30.0,
+        max_connections: int = 1024,
+        scheme: Literal["http", "https"] = "http",
         on_refused: OnRefused | None = None,
+        on_connection_refused: OnConnectionRefused | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(handler, **kwargs)
+        super().__init__(self._serve, **kwargs)
+        self._handler = handler
         self._header_read_s = header_read_s
+        self._body_read_s = body_read_s
+        self._max_connections = max_connections
+        self._scheme = scheme
         self._on_refused = on_refused
+        self._on_connection_refused = on_connection_refused
         self._peer_cache = PeerCache()
+        self.open_connections = 0  # served connections: what the cap counts
+        self.refusing = 0  # connections over the cap waiting for their 503
+        if parser_kind() == "python":
+            log.warning(
+                "HTTP parser: aiohttp's pure-Python fallback (AIOHTTP_NO_EXTENSIONS is set or "
+                "the C extension is missing); it is slower and laxer than llhttp in chunk "
+                "extensions, see README 'What the listener refuses'"
+            )
+        else:
+            log.info("HTTP parser: llhttp (aiohttp's C extension)")
 
     def __call__(self) -> GatewayRequestHandler:
         return GatewayRequestHandler(
             self,
             loop=self._loop,
             header_read_s=self._header_read_s,
+            body_read_s=self._body_read_s,
             peer_cache=self._peer_cache,
             on_refused=self._on_refused,
             **self._kwargs,
         )
+
+    # ------------------------------------------------------------------ the cap
+
+    def admit(self) -> Admission:
+        """Serve a new connection, refuse it with a 503, or drop it (and count a refusal)."""
+        if self.open_connections < self._max_connections:
+            self.open_connections += 1
+            return "serve"
+        if self.refusing < REFUSAL_SLOTS:
+            self.refusing += 1
+            return "refuse"
+        self._connection_refused("max_connections_overflow")
+        return "drop"
+
+    def release(self, refused: bool) -> None:
+        if refused:
+            self.refusing -= 1
+        else:
+            self.open_connections -= 1
+
+    def _connection_refused(self, reason: str) -> None:
+        if self._on_connection_refused is not None:
+            self._on_connection_refused(reason)
+
+    # ------------------------------------------------------------------ every request
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        protocol = request.protocol
+        if not isinstance(protocol, GatewayRequestHandler):  # pragma: no cover - by construction
+            raise TypeError("GatewayServer serves GatewayRequestHandler connections only")
+        protocol.request_started()
+        try:
+            if protocol.over_capacity:
+                self._connection_refused("max_connections")
+                return self._refuse(
+                    503, "max_connections", "too many connections, retry later", retry=True
+                )
+            try:
+                target = check_head(
+                    request.method,
+                    request.raw_path,
+                    (request.version.major, request.version.minor),
+                    request.raw_headers,
+                    scheme=self._scheme,
+                )
+            except FramingError as exc:
+                log.info("request refused: %s (%s)", exc.reason, exc.public)
+                return self._refuse(exc.status, exc.reason, exc.public)
+            if target is not None:  # an accepted absolute-form target, as origin-form
+                request = request.clone(rel_url=URL(target, encoded=True))
+            protocol.watch_body(request.content)
+            response = await self._handler(request)
+            if request.headers.get("Upgrade") is not None and response.status != 101:
+                # SECURITY: an Upgrade the gateway declined: whatever follows it on this
+                # connection was meant for another protocol, never as a request of its own.
+                response.force_close()
+            elif response.status >= 400 and not request.content.is_eof():
+                # An answer before the body was read: the connection is not reused. aiohttp
+                # still reads and drops the rest for up to 10 s (lingering close, as nginx
+                # does) so that the client gets the answer rather than a reset.
+                response.force_close()
+            return response
+        finally:
+            protocol.request_finished()
+
+    def _refuse(
+        self, status: int, reason: str, public: str, *, retry: bool = False
+    ) -> web.Response:
+        if self._on_refused is not None:
+            self._on_refused(status, reason)
+        return _problem(status, reason, public, **({"Retry-After": "1"} if retry else {}))

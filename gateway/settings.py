@@ -241,11 +241,18 @@ class Limits(Strict):
     max_header_bytes: int = Field(16384, ge=1024, le=1 << 20)
     max_headers: int = Field(100, ge=8, le=1000)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    # Open connections per listener (per worker); past it a new connection's first request
+    # gets 503 + Connection: close, and past that plus 32 it is closed on accept.
+    max_connections: int = Field(1024, ge=1, le=1_000_000)
 
 
 class Timeouts(Strict):
     header_read_s: float = Field(10.0, gt=0)
-    idle_s: float = Field(75.0, gt=0)
+    idle_s: float = Field(75.0, gt=0)  # keep-alive: an idle connection is closed after this
+    # Longest gap between two request body reads while the gateway waits for the body (408).
+    body_read_s: float = Field(30.0, gt=0)
+    # Longest a response write may wait for a caller that does not read (connection aborted).
+    send_s: float = Field(30.0, gt=0)
     upstream_connect_s: float = Field(2.0, gt=0)
     # Non-stream routes: the whole exchange, response body included. Stream routes: unused.
     upstream_total_s: float = Field(30.0, gt=0)

@@ -497,7 +497,14 @@ class GatewayProcess:
         return f"http://{host}:{port}"
 
     @classmethod
-    async def start(cls, config: Mapping[str, Any], workdir: Path) -> GatewayProcess:
+    async def start(
+        cls,
+        config: Mapping[str, Any],
+        workdir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> GatewayProcess:
+        """Start and wait for the listening line; ``env`` adds to the inherited environment."""
         path = write_config(workdir / "gateway.yaml", config)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -507,7 +514,7 @@ class GatewayProcess:
             "-c",
             str(path),
             cwd=ROOT,
-            env=subprocess_env(),
+            env={**subprocess_env(), **(env or {})},
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

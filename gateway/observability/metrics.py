@@ -20,11 +20,14 @@ token (unbounded cardinality, and private).
 | `agentgate_rate_limited_total`        | counter   | route                 | `rate_limited`      |
 | `agentgate_audit_dropped_total`       | counter   |                       | `audit_dropped` (6) |
 | `agentgate_behavior_agents`           | gauge     |                       | `watch_behavior`    |
+| `agentgate_connections_open`          | gauge     |                       | `watch_connections` |
+| `agentgate_connections_refused_total` | counter   | reason (7)            | `connection_refused`|
 
 (1) called by ``Tracing.stage_span`` when built with ``stage_timer=metrics.observe_stage``.
 (2) ``allow``, ``deny``, ``error``. (3) e.g. ``timeout``, ``unavailable``, ``malformed``.
 (4) ``ok``, ``error``. (5) the reason code: ``upstream_timeout``, ``upstream_unavailable``.
 (6) ``AuditSink(on_drop=metrics.audit_dropped)``.
+(7) ``max_connections`` (answered 503), ``max_connections_overflow`` (closed on accept).
 
 A stage name outside :data:`STAGE_LABELS` is recorded as ``other`` so a typo can
 never create a new series per request.
@@ -185,6 +188,17 @@ class Metrics:
         )
         self._stages: dict[str, Any] = {}
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
+        self.connections_refused = Counter(
+            "agentgate_connections_refused",
+            "Main-listener connections refused by server.limits.max_connections, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self._connections_open = Gauge(
+            "agentgate_connections_open",
+            "Open main-listener connections counted by server.limits.max_connections.",
+            registry=r,
+        )
         self._behavior_agents = Gauge(
             "agentgate_behavior_agents",
             "Agents currently tracked by the behaviour store.",
@@ -250,6 +264,14 @@ class Metrics:
     def audit_dropped(self) -> None:
         """Matches ``AuditSink(on_drop=...)``."""
         self.audit_dropped_records.inc()
+
+    def connection_refused(self, reason: str) -> None:
+        """Matches ``GatewayServer(on_connection_refused=...)``."""
+        self.connections_refused.labels(reason).inc()
+
+    def watch_connections(self, count: Callable[[], int]) -> None:
+        """Report ``count()`` (open main-listener connections under the cap) at every scrape."""
+        self._connections_open.set_function(lambda: float(count()))
 
     def watch_behavior(self, size: Callable[[], int]) -> None:
         """Report ``size()`` (tracked agents) at every scrape."""

@@ -8,6 +8,12 @@ Contract:
   streams the response back. Bodies above ``max_body_bytes`` are refused with
   413 whether they are announced by ``Content-Length`` or arrive chunked.
 * Redirects are returned to the caller, never followed.
+* The request body is the client's to deliver: a body the HTTP parser finds
+  malformed part-way is 400 (``bad_framing``), one that stalls past the
+  listener's ``body_read_s`` is 408 (``body_timeout``); either way the
+  upstream's connection is cut, never left holding half a request.
+* A caller that stops reading the response for ``send_s`` has its connection
+  aborted (``STREAM_CUT``: ``client_send_timeout``).
 * Connection refused/reset -> :class:`BadGateway` (502); connect or
   response-head timeout -> :class:`GatewayTimeout` (504). No aiohttp client
   exception leaves this module.
@@ -36,11 +42,14 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.context import BUFFERED_BODY_KEY
-from gateway.errors import BadGateway, GatewayTimeout, PayloadTooLarge
+from gateway.errors import BadGateway, BadRequest, GatewayError, GatewayTimeout, PayloadTooLarge
+from gateway.listener import BodyReadTimeout
 from gateway.settings import Route, Timeouts
 from gateway.upstream.headers import sanitize_response_headers
 from gateway.upstream.paths import drop_query_params
@@ -98,13 +107,41 @@ class _BodyTooLarge(Exception):
     """Raised inside the body generator; mapped to 413 by ``forward``."""
 
 
+class _BodyInvalid(Exception):
+    """The HTTP parser refused the request body part-way; mapped to 400 by ``forward``."""
+
+
 async def _limited(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
     seen = 0
-    async for chunk in content.iter_chunked(_CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise _BodyTooLarge
-        yield chunk
+    try:
+        async for chunk in content.iter_chunked(_CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise _BodyTooLarge
+            yield chunk
+    except (RequestPayloadError, HttpProcessingError):
+        raise _BodyInvalid from None
+
+
+def _client_fault(exc: BaseException) -> GatewayError | None:
+    """The client's share of a failed upstream call: its body was too large, bad or slow."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, _BodyTooLarge):
+            return PayloadTooLarge()
+        if isinstance(seen, _BodyInvalid):
+            return BadRequest(
+                "request body malformed", reason="bad_framing", public="malformed request body"
+            )
+        if isinstance(seen, BodyReadTimeout):
+            return GatewayError(
+                "request body stalled",
+                reason="body_timeout",
+                public="request body too slow",
+                status=408,
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Forwarder:
@@ -118,7 +155,9 @@ class Forwarder:
         headers_timeout_s: float | None = None,
         idle_timeout_s: float = 30.0,
         budgets: Mapping[str, Budget] | None = None,
+        send_timeout_s: float = 30.0,
     ) -> None:
+        self._send_s = send_timeout_s
         self._default = Budget(
             connect_s=connect_timeout_s,
             headers_s=headers_timeout_s if headers_timeout_s is not None else total_timeout_s,
@@ -193,13 +232,17 @@ class Forwarder:
                     timeout=timeout,
                     ssl=_ssl_for(url, ssl_context or self._ssl.get(route)),
                 )
-        except _BodyTooLarge:
-            raise PayloadTooLarge() from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except (_BodyTooLarge, _BodyInvalid, BodyReadTimeout) as exc:
+            raise (_client_fault(exc) or PayloadTooLarge()) from None
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            fault = _client_fault(exc)
+            if fault is not None:
+                raise fault from None
             raise GatewayTimeout(f"route {route}: upstream timed out") from None
         except aiohttp.ClientError as exc:
-            if isinstance(exc.__cause__, _BodyTooLarge) or _caused_by_limit(exc):
-                raise PayloadTooLarge() from None
+            fault = _client_fault(exc)
+            if fault is not None:
+                raise fault from None
             raise BadGateway(f"route {route}: {type(exc).__name__}") from None
         async with upstream:
             return await self._relay(
@@ -269,7 +312,13 @@ class Forwarder:
                     raise _Cut(reason) from None
                 if not chunk:
                     break
-                await response.write(chunk)
+                try:
+                    async with asyncio.timeout(self._send_s):
+                        await response.write(chunk)
+                except TimeoutError:
+                    # SECURITY: a caller that stops reading holds an upstream connection
+                    # and its buffers; nginx's send_timeout.
+                    raise _Cut("client_send_timeout") from None
             await response.write_eof()
         except _Cut as cut:
             # The gateway's own clock ended it: abort, so the caller sees a broken body.
@@ -308,15 +357,6 @@ def _expects_continue(request: web.BaseRequest) -> bool:
     return request.version >= (1, 1) and any(
         v.strip().lower() == "100-continue" for v in request.headers.getall("Expect", ())
     )
-
-
-def _caused_by_limit(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _BodyTooLarge):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
