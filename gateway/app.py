@@ -445,6 +445,7 @@ class Gateway:
                 "-", status, reason, 0.0
             ),
             on_connection_refused=self.metrics.connection_refused,
+            on_certificate_refused=self.metrics.tls_refused,
             handler_cancellation=True,
             keepalive_timeout=server.timeouts.idle_s,
             max_line_size=server.limits.max_header_bytes,

@@ -255,14 +255,19 @@ class GatewayRequestHandler(RequestHandler):
             except InvalidSpiffeID as exc:
                 # SECURITY: SPECS §11.2 — an X509-SVID with several URI SANs or a malformed
                 # SPIFFE ID is refused outright; no request on this connection is served.
-                log.warning("client certificate refused: %s", exc)
+                log.warning("client certificate refused: %s from %s", exc, _address(transport))
+                self._server.certificate_refused("bad_svid")
                 self.force_close()
                 cast(asyncio.Transport, transport).abort()
                 return
             if self.peer.not_after <= time.time():
                 # SECURITY: a resumed TLS session (1.3 ticket, 1.2 session id) skips certificate
                 # verification; never serve a certificate past its notAfter (RFC 5280 §6.1.3).
-                log.warning("client certificate refused: expired (resumed TLS session)")
+                log.warning(
+                    "client certificate refused: expired (resumed TLS session) from %s",
+                    _address(transport),
+                )
+                self._server.certificate_refused("expired")
                 self.peer = None
                 self.force_close()
                 cast(asyncio.Transport, transport).abort()
@@ -396,6 +401,11 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Admission = Literal["serve", "refuse", "drop"]
 
 
+def _address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+
+
 class GatewayServer(web.Server):
     """aiohttp's low-level server, making :class:`GatewayRequestHandler` connections.
 
@@ -413,9 +423,11 @@ class GatewayServer(web.Server):
         scheme: Literal["http", "https"] = "http",
         on_refused: OnRefused | None = None,
         on_connection_refused: OnConnectionRefused | None = None,
+        on_certificate_refused: Callable[[str], None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(self._serve, **kwargs)
+        self._on_certificate_refused = on_certificate_refused
         self._handler = handler
         self._header_read_s = header_read_s
         self._body_read_s = body_read_s
@@ -464,6 +476,11 @@ class GatewayServer(web.Server):
             self.refusing -= 1
         else:
             self.open_connections -= 1
+
+    def certificate_refused(self, reason: str) -> None:
+        """A handshake-valid client certificate refused after it (a bad X509-SVID)."""
+        if self._on_certificate_refused is not None:
+            self._on_certificate_refused(reason)
 
     def _connection_refused(self, reason: str) -> None:
         if self._on_connection_refused is not None:

@@ -186,3 +186,24 @@ def test_an_unreadable_ca_bundle_names_the_file(tmp_path: Path, pki: TestPKI) ->
     with pytest.raises(ConfigError) as info:
         Gateway(settings)
     assert info.value.lines()[0].startswith(f"server.tls.client_ca: {bundle}: cannot load")
+
+
+async def test_a_bad_svid_after_the_handshake_is_counted_with_its_peer(
+    gateway: GatewayFactory, upstream: Upstream, pki: TestPKI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agentgate.listener")
+    gw = await gateway(routes=[echo_route(upstream)], server={"tls": tls_block(pki, "required")})
+    assert gw.main_address is not None
+    # Same CA, valid chain: only the SPIFFE identity (two URI SANs) is unacceptable.
+    outcome = await tls_outcome(gw.main_address, client_context(pki, pki.two_uris))
+    assert not isinstance(outcome, bytes) or outcome == b""
+    for _ in range(100):
+        if _refusals(gw):
+            break
+        await asyncio.sleep(0.02)
+    assert _refusals(gw) == {"bad_svid": 1.0}
+    [line] = [
+        r.getMessage() for r in caplog.records if "client certificate refused" in r.getMessage()
+    ]
+    assert " from 127.0.0.1:" in line
+    assert upstream.hits == []
