@@ -17,7 +17,7 @@ CONFIG ?= config/gateway.yaml
 IMAGE ?= agentgate:dev
 
 .PHONY: help install tools jaeger bootstrap test lint lint-python lint-docker lint-rego \
-	demo bench check-config image clean distclean
+	demo bench check-config schema image clean distclean
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -48,7 +48,14 @@ lint: lint-python lint-docker lint-rego ## ruff, mypy --strict, hadolint, opa fm
 # Each linter runs even if an earlier one failed; the target fails if any did.
 lint-python: install
 	@rc=0; for cmd in "ruff check ." "ruff format --check ." "mypy --strict gateway/"; do \
-		echo "+ $$cmd"; $(VENV)/bin/$$cmd || rc=1; done; exit $$rc
+		echo "+ $$cmd"; $(VENV)/bin/$$cmd || rc=1; done; \
+	echo "+ agentgate config-schema | diff config/gateway.schema.json -"; \
+	$(VENV)/bin/agentgate config-schema | diff -u config/gateway.schema.json - \
+		|| { echo "lint: config/gateway.schema.json is stale: run make schema" >&2; rc=1; }; \
+	exit $$rc
+
+schema: install ## regenerate config/gateway.schema.json from the settings models
+	$(VENV)/bin/agentgate config-schema > config/gateway.schema.json
 
 lint-docker: install
 	$(VENV)/bin/hadolint Dockerfile
