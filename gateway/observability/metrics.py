@@ -25,7 +25,8 @@ token (unbounded cardinality, and private).
 
 (1) called by ``Tracing.stage_span`` when built with ``stage_timer=metrics.observe_stage``.
 (2) ``allow``, ``deny``, ``error``. (3) e.g. ``timeout``, ``unavailable``, ``malformed``.
-(4) ``ok``, ``error``. (5) the reason code: ``upstream_timeout``, ``upstream_unavailable``.
+(4) ``ok``, ``error``. (5) the reason code: ``upstream_timeout``, ``upstream_unavailable``,
+``upstream_cut`` (the body broke off after the response head was relayed).
 (6) ``AuditSink(on_drop=metrics.audit_dropped)``.
 (7) ``max_connections`` (answered 503), ``max_connections_overflow`` (closed on accept).
 
