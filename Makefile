@@ -78,6 +78,11 @@ bench: bootstrap ## benchmarks (bench/run.py, or python -m bench)
 	elif [[ -f bench/__main__.py ]]; then set -x; $(PY) -m bench; \
 	else echo "make bench: no bench/run.py or bench/__main__.py yet" >&2; exit 1; fi
 
+.PHONY: soak
+SOAK_ARGS ?=
+soak: bootstrap ## full pipeline at 100 req/s for 3 min under injected faults (SOAK_ARGS=--smoke: 20 s)
+	$(PY) bench/soak.py $(SOAK_ARGS)
+
 check-config: install ## validate CONFIG (default config/gateway.yaml)
 	$(VENV)/bin/agentgate check-config -c $(CONFIG)
 
