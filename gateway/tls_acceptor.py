@@ -102,11 +102,14 @@ class TLSAcceptor(asyncio.Protocol):
     async def _handshake(self, transport: asyncio.Transport) -> None:
         peer = transport.get_extra_info("peername")
         protocol = self._factory()
+        # start_tls delivers application data as soon as the handshake is done, before this
+        # coroutine resumes: it must reach the HTTP protocol only after connection_made.
+        handoff = _Handoff()
         loop = asyncio.get_running_loop()
         try:
             tls = await loop.start_tls(
                 transport,
-                protocol,
+                handoff,
                 self._context,
                 server_side=True,
                 ssl_handshake_timeout=self._handshake_s,
@@ -128,9 +131,50 @@ class TLSAcceptor(asyncio.Protocol):
             transport.abort()
             return
         protocol.connection_made(tls)
+        handoff.hand_over(tls, protocol)
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - start_tls owns reads
         pass
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
+
+
+class _Handoff(asyncio.Protocol):
+    """Holds what the TLS transport delivers until the HTTP protocol has been connected."""
+
+    def __init__(self) -> None:
+        self._data: list[bytes] = []
+        self._eof = False
+        self._lost: tuple[Exception | None] | None = None
+        self._paused = False
+
+    def data_received(self, data: bytes) -> None:
+        self._data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True  # keep the transport open until the real protocol decides
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def hand_over(self, transport: asyncio.BaseTransport, protocol: asyncio.BaseProtocol) -> None:
+        """Route the transport to ``protocol`` and replay what arrived meanwhile, in order."""
+        transport.set_protocol(protocol)
+        if self._paused:
+            protocol.pause_writing()
+        if isinstance(protocol, asyncio.Protocol):
+            for chunk in self._data:
+                protocol.data_received(chunk)
+            if self._eof and not protocol.eof_received():
+                transport.close()
+        self._data.clear()
+        if self._lost is not None:
+            protocol.connection_lost(self._lost[0])
