@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -42,7 +44,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,26 @@ _INDENT = "   "
 
 class DemoError(Exception):
     """The tour cannot run (e.g. the shipped policies are missing)."""
+
+
+@contextlib.contextmanager
+def _captured(logger: str) -> Iterator[list[str]]:
+    """The messages ``logger`` emits meanwhile, shown in the tour instead of on stderr."""
+    lines: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    target = logging.getLogger(logger)
+    handler, propagate = _Keep(), target.propagate
+    target.addHandler(handler)
+    target.propagate = False
+    try:
+        yield lines
+    finally:
+        target.removeHandler(handler)
+        target.propagate = propagate
 
 
 def _say(text: str = "") -> None:
@@ -881,8 +903,16 @@ async def step_denials(world: World) -> None:
     await _denied(world, "encoded slash", answer, 400)
 
     _say("\n-- a client without a certificate")
-    answer = await call(world, "nobody", "GET", "/flights/42")
+    with _captured("agentgate.tls") as refusals:
+        answer = await call(world, "nobody", "GET", "/flights/42")
+        for _ in range(100):  # the server side may log a moment after the client gave up
+            if refusals:
+                break
+            await asyncio.sleep(0.01)
     world.expect(answer.error is not None, f"a client without a cert got HTTP {answer.status}")
+    world.expect(any("no_client_cert" in line for line in refusals), f"gateway logged {refusals}")
+    for line in refusals:
+        _say(f"{_INDENT}gateway log: {line}")
 
     after = {name: b.hits for name, b in world.backends.items()}
     expected = dict(hits, flights=hits["flights"] + 1)  # only the spoofed-header call
