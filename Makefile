@@ -83,6 +83,24 @@ SOAK_ARGS ?=
 soak: bootstrap ## full pipeline at 100 req/s for 3 min under injected faults (SOAK_ARGS=--smoke: 20 s)
 	$(PY) bench/soak.py $(SOAK_ARGS)
 
+# The long fuzzing run (README "Fuzzing"): every fuzzer of tests/fuzz with FUZZ_SCALE times its
+# CI example count, then ATHERIS_SECONDS of coverage-guided (atheris/libFuzzer) input per
+# fixture-free fuzzer. Each phase has a hard time limit; the whole target stays under 10 min.
+.PHONY: fuzz
+FUZZ_SCALE ?= 8
+ATHERIS_SECONDS ?= 8
+fuzz: install ## long fuzzing run, <= 10 min (FUZZ_SCALE=8, ATHERIS_SECONDS=8)
+	@echo "+ HYPOTHESIS_PROFILE=fuzz FUZZ_SCALE=$(FUZZ_SCALE) pytest tests/fuzz"
+	@HYPOTHESIS_PROFILE=fuzz FUZZ_SCALE=$(FUZZ_SCALE) timeout 360 \
+		$(PY) -m pytest tests/fuzz -q --durations=0 $(PYTEST_ARGS) || { rc=$$?; \
+		if [[ $$rc -eq 124 ]]; then echo "make fuzz: over 360 s: lower FUZZ_SCALE" >&2; fi; \
+		exit $$rc; }
+	@$(PY) -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install -q 'atheris>=2.3' || \
+		echo "make fuzz: atheris does not install here; coverage-guided pass skipped" >&2
+	@if $(PY) -c 'import atheris' 2>/dev/null; then \
+		echo "+ ATHERIS_SECONDS=$(ATHERIS_SECONDS) python -m tests.fuzz.atheris_driver"; \
+		ATHERIS_SECONDS=$(ATHERIS_SECONDS) timeout 220 $(PY) -m tests.fuzz.atheris_driver; fi
+
 check-config: install ## validate CONFIG (default config/gateway.yaml)
 	$(VENV)/bin/agentgate check-config -c $(CONFIG)
 

@@ -18,7 +18,7 @@ import os
 import re
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -1111,18 +1111,31 @@ MAX_YAML_DEPTH = 64  # nested mappings/sequences in a configuration file
 def _check_yaml_depth(text: str, path: Path) -> None:
     """Refuse deeper nesting than MAX_YAML_DEPTH before PyYAML's recursive composer runs.
 
-    The event parser is iterative; the composer recurses once per level (slowly, then with a
-    RecursionError near 1000 levels), and every later walk over the data would too.
+    PyYAML's composer recurses once per level (a RecursionError near 1000 levels), and its
+    pure-Python scanner is quadratic in the depth of flow collections ('[[[[...': half a
+    second for 4 KB). The events come from libyaml when it is installed (linear, and it
+    stops at 1000 levels by itself); only the depth is decided here.
     """
+    too_deep = ConfigError([("", f"{path}: nested deeper than {MAX_YAML_DEPTH} levels")])
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            _yaml_depth(yaml.parse(text, Loader=loader), too_deep)
+            return
+        except yaml.YAMLError as exc:
+            if "maximum nesting depth" in str(exc):
+                raise too_deep from None
+            # Any other libyaml complaint: let PyYAML itself judge the file, as always.
+    _yaml_depth(yaml.parse(text, Loader=yaml.SafeLoader), too_deep)
+
+
+def _yaml_depth(events: Iterator[yaml.Event], too_deep: ConfigError) -> None:
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in events:
         if isinstance(event, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                mark = event.start_mark
-                where = f" (line {mark.line + 1})" if mark is not None else ""
-                problem = f"{path}: nested deeper than {MAX_YAML_DEPTH} levels{where}"
-                raise ConfigError([("", problem)])
+                raise too_deep
         elif isinstance(event, yaml.CollectionEndEvent):
             depth -= 1
 

@@ -1,8 +1,8 @@
 """Hypothesis profiles for the fuzzers in ``tests/fuzz/`` (README "Fuzzing").
 
 ``ci`` (the default, part of ``make test``): every fuzzer runs its base example count; the
-whole folder stays under 60 s on a loaded two-core machine. ``fuzz`` (``make fuzz``,
-``HYPOTHESIS_PROFILE=fuzz``): the same fuzzers with ``FUZZ_SCALE`` (default 40) times as many
+whole folder stays well under 60 s on a loaded two-core machine. ``fuzz`` (``make fuzz``,
+``HYPOTHESIS_PROFILE=fuzz``): the same fuzzers with ``FUZZ_SCALE`` (default 8) times as many
 examples. Both bound the time of one input with a deadline (500 ms; the socket-level pipeline
 fuzzer allows 2 s) and print a reproduction blob on failure.
 

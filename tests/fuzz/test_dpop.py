@@ -115,7 +115,7 @@ def signed_proof(alg: str, **claims: Any) -> str:
     )
 
 
-@fuzz(400)
+@fuzz(250)
 @given(
     proofs(),
     mostly("GET", st.sampled_from(["get", "POST"])),
@@ -155,7 +155,7 @@ def test_proofs(
         run(dpop.verify_proof(proof, htm=htm, htu=htu, access_token=token, jkt=jkt))
 
 
-@fuzz(600)
+@fuzz(250)
 @given(uris() | st.sampled_from(EQUIVALENT_HTUS) | st.text(max_size=30))
 @example("https://[fe80::1%25eth0]/")
 @example("https://gw.example.org:/a")
@@ -173,7 +173,7 @@ def test_normalize_htu_is_idempotent(uri: str) -> None:
     assert "//" not in path
 
 
-@fuzz(600)
+@fuzz(250)
 @given(structured_paths, st.sampled_from(["gw.example.org", "gw.example.org:8443", "[::1]"]))
 @example('/a"b', "gw.example.org")  # regression: raw '"' kept, normalize_path gives %22
 @example("/a/{x}|^", "gw.example.org")

@@ -100,13 +100,13 @@ def serialize_dictionary(value: dict[str, Item | InnerList]) -> str:
     return ", ".join(members)
 
 
-@fuzz(300)
+@fuzz(100)
 @given(dictionaries)
 def test_dictionaries_round_trip(value: dict[str, Item | InnerList]) -> None:
     assert parse_dictionary(serialize_dictionary(value)) == value
 
 
-@fuzz(500)
+@fuzz(120)
 @given(
     st.text(SF_ALPHABET, max_size=40)
     | dictionaries.map(serialize_dictionary).flatmap(lambda s: mutated_text(s, SF_ALPHABET))
@@ -222,8 +222,11 @@ FAULTS = (
 def signed_requests(draw: st.DrawFn) -> dict[str, Any]:
     fault = draw(st.sampled_from(FAULTS))
     method = draw(st.sampled_from(["GET", "POST", "DELETE"]))
-    # RFC 9421 §2.5: a signature base is ASCII, so is the target of a request one can sign.
-    target = draw(structured_paths.filter(lambda p: p.isascii() and not {"#", "?"} & set(p)))
+    # RFC 9421 §2.5: a signature base is ASCII, so is the target of a request one can sign;
+    # and a request line has no space or control character in its target.
+    target = draw(
+        structured_paths.filter(lambda p: p.isascii() and not set("#? \t\x00\x7f") & set(p))
+    )
     target += draw(st.sampled_from(["", "?", "?a=1&b=%20"]))
     host = draw(mostly(HOST, st.sampled_from(["GW.example.org:443", "[::1]:8443", "h:80"])))
     covered = ["@method", *draw(st.lists(st.sampled_from(COMPONENTS), unique=True, max_size=5))]
@@ -349,7 +352,7 @@ def same_fields(case: dict[str, Any]) -> bool:
         return False
 
 
-@fuzz(500)
+@fuzz(200)
 @given(signed_requests())
 def test_signed_requests(keys_file: Path, run: Any, case: dict[str, Any]) -> None:
     method = make_method(keys_file)
@@ -373,7 +376,7 @@ def test_signed_requests(keys_file: Path, run: Any, case: dict[str, Any]) -> Non
         authenticate(method, run, case)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(
     st.lists(st.text(SF_ALPHABET, max_size=30), min_size=1, max_size=2),
     st.lists(st.text(SF_ALPHABET, max_size=30), min_size=1, max_size=2),

@@ -100,7 +100,7 @@ def verify(token: str, key: VerificationKey, cache: HeaderCache | None = None) -
 # --------------------------------------------------------------------------- encoding
 
 
-@fuzz(400)
+@fuzz(300)
 @given(st.text(B64URL + "=+/ .\x00é", max_size=40) | st.text(max_size=20))
 @example("AB")  # regression: unused bits set ("AB" decoded like "AA")
 @example("AAB")
@@ -113,7 +113,7 @@ def test_b64url_decode_is_strict_and_canonical(segment: str) -> None:
     assert b64url_encode(data) == segment
 
 
-@fuzz(400)
+@fuzz(250)
 @given(
     st.sampled_from(RAW_JSON)
     | json_values.map(compact_json)
@@ -131,7 +131,7 @@ def test_strict_json_object_is_a_strict_subset_of_json(data: str | bytes) -> Non
     assert value == json.loads(data)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.one_of(json_values, mutated_object({"alg": "ES256", "kid": "k1", "typ": "JWT"}, [])))
 def test_check_header_and_numeric_date(value: Any) -> None:
     if isinstance(value, dict):
@@ -160,12 +160,8 @@ def test_check_header_and_numeric_date(value: Any) -> None:
 _CACHE: HeaderCache = {}
 
 
-@fuzz(300)
-@given(
-    st.text(max_size=60)
-    | st.text(B64URL + ".", max_size=200)
-    | st.builds(lambda t: t, mutated_text(FIXED_TOKEN))
-)
+@fuzz(200)
+@given(st.text(max_size=60) | st.text(B64URL + ".", max_size=200) | mutated_text(FIXED_TOKEN))
 @example("a.b.c")
 @example("..")
 @example("e30.e30.")
@@ -207,7 +203,7 @@ def signed(draw: st.DrawFn) -> tuple[str, bool, str]:
     return token, edited, name
 
 
-@fuzz(500)
+@fuzz(250)
 @given(signed())
 def test_signed_then_mutated_tokens(case: tuple[str, bool, str]) -> None:
     token, edited, name = case
@@ -221,7 +217,7 @@ def test_signed_then_mutated_tokens(case: tuple[str, bool, str]) -> None:
     assert not edited, "an edited token verified"
 
 
-@fuzz(300)
+@fuzz(150)
 @given(st.integers(0, len(FIXED_TOKEN) - 1), st.sampled_from(B64URL + ".=+/"))
 @example(len(FIXED_TOKEN) - 1, UNUSED_BITS_EDIT)  # regression: signature malleability
 def test_one_flipped_character_never_verifies(index: int, char: str) -> None:
@@ -233,7 +229,7 @@ def test_one_flipped_character_never_verifies(index: int, char: str) -> None:
         verify(token, VKEYS["fixed"])
 
 
-@fuzz(200)
+@fuzz(120)
 @given(st.sampled_from(sorted(KEYS)), st.sampled_from(RSA_ALGS), st.data())
 def test_flipped_tokens_of_every_key_type(name: str, rsa_alg: str, data: st.DataObject) -> None:
     key = KEYS[name]
@@ -261,7 +257,7 @@ def jwks(draw: st.DrawFn) -> dict[str, Any]:
     return jwk
 
 
-@fuzz(300)
+@fuzz(150)
 @given(jwks())
 @example({"kty": "RSA", "n": b64url(b"\xff" * 256), "e": "AA"})
 @example({"kty": "EC", "crv": "P-256", "x": "\ud800", "y": "AA"})

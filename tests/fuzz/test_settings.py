@@ -103,7 +103,7 @@ def check_problems(exc: ConfigError, data: Any) -> None:
     event(f"problems: {len(exc.problems)}" if len(exc.problems) < 3 else "problems: 3+")
 
 
-@fuzz(300)
+@fuzz(80)
 @given(
     st.sampled_from(HOSTILE_YAML)
     | st.binary(max_size=64)
@@ -170,7 +170,7 @@ def deep_tree(depth: int) -> dict[str, Any]:
     return tree
 
 
-@fuzz(300)
+@fuzz(80)
 @given(mutated_config() | json_values)
 @example(
     {"routes": [{"name": "r", "upstream": "http://x", "authn": deep_tree(200)}]}
