@@ -33,12 +33,22 @@ class _PrivateFileHandler(logging.FileHandler):
         return open_private_append(self.baseFilename)
 
 
-class DecisionLog:
-    def __init__(self, target: Literal["stdout", "off"] | Path | str) -> None:
+class QueuedLines:
+    """One line per ``put``, written by a thread (``stdout``, ``stderr`` or a 0600 file).
+
+    Never blocks the event loop: lines go through a queue to a
+    :class:`logging.handlers.QueueListener`. ``off`` writes nothing.
+    """
+
+    def __init__(self, target: Literal["stdout", "stderr", "off"] | Path | str) -> None:
         self.enabled = target != "off"
         self._target = target
         self._listener: logging.handlers.QueueListener | None = None
         self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+
+    @property
+    def started(self) -> bool:
+        return self._listener is not None
 
     def start(self) -> None:
         if not self.enabled or self._listener is not None:
@@ -46,6 +56,8 @@ class DecisionLog:
         handler: logging.Handler
         if self._target == "stdout":
             handler = logging.StreamHandler(sys.stdout)
+        elif self._target == "stderr":
+            handler = logging.StreamHandler(sys.stderr)
         else:
             handler = _PrivateFileHandler(Path(self._target), encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -60,6 +72,15 @@ class DecisionLog:
             handler.close()
         self._listener = None
 
+    def put(self, text: str) -> None:
+        if self._listener is not None:
+            self._queue.put(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
+
+
+class DecisionLog(QueuedLines):
+    def __init__(self, target: Literal["stdout", "off"] | Path | str) -> None:
+        super().__init__(target)
+
     def record(
         self,
         *,
@@ -71,7 +92,7 @@ class DecisionLog:
         cached: bool,
         latency_ms: float,
     ) -> None:
-        if self._listener is None:
+        if not self.started:
             return
         request = input.get("request") or {}
         subject = input.get("subject") or {}
@@ -93,4 +114,4 @@ class DecisionLog:
         except (TypeError, ValueError):  # an unserialisable input is a bug, not an outage
             logging.getLogger("agentgate.authz").exception("decision log line dropped")
             return
-        self._queue.put(logging.makeLogRecord({"msg": text, "levelno": logging.INFO}))
+        self.put(text)

@@ -22,16 +22,12 @@ line can be split or forged: control characters, quotes, backslashes and spaces 
 
 from __future__ import annotations
 
-import logging
-import logging.handlers
-import queue
-import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from gateway.authz.decision_log import _PrivateFileHandler
+from gateway.authz.decision_log import QueuedLines
 from gateway.settings import ACCESS_LOG_FIELDS, ACCESS_LOG_FORMAT
 
 FIELDS = ACCESS_LOG_FIELDS
@@ -47,35 +43,10 @@ def _escape(value: object) -> str:
     return "".join(c if c.isprintable() and c not in ' "\\' else f"\\x{ord(c):02x}" for c in text)
 
 
-class AccessLog:
+class AccessLog(QueuedLines):
     def __init__(self, target: Target, template: str = DEFAULT_FORMAT) -> None:
-        self.enabled = target != "off"
-        self._target = target
+        super().__init__(target)
         self._template = template  # checked by TelemetrySettings
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._listener: logging.handlers.QueueListener | None = None
-
-    def start(self) -> None:
-        if not self.enabled or self._listener is not None:
-            return
-        handler: logging.Handler
-        if self._target == "stdout":
-            handler = logging.StreamHandler(sys.stdout)
-        elif self._target == "stderr":
-            handler = logging.StreamHandler(sys.stderr)
-        else:
-            handler = _PrivateFileHandler(Path(self._target), encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._listener = logging.handlers.QueueListener(self._queue, handler)
-        self._listener.start()
-
-    def close(self) -> None:
-        if self._listener is None:
-            return
-        self._listener.stop()  # drains the queue
-        for handler in self._listener.handlers:
-            handler.close()
-        self._listener = None
 
     def format(self, fields: Mapping[str, object]) -> str:
         values = {name: _escape(fields.get(name)) for name in FIELDS}
@@ -86,9 +57,5 @@ class AccessLog:
         return self._template.format_map(values)
 
     def write(self, fields: Mapping[str, object]) -> None:
-        if self._listener is None:
-            return
-        line = self.format(fields)
-        self._queue.put(
-            logging.LogRecord("agentgate.access", logging.INFO, "", 0, line, None, None)
-        )
+        if self.started:
+            self.put(self.format(fields))
