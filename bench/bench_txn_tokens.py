@@ -12,7 +12,7 @@ Compares, for ES256 and EdDSA:
   built from the identity and request facts, a fresh ``txn``, then ``encode ours``;
 * ``sign only``    -- the bare ``cryptography`` signature over a token-sized input (the floor);
 * ``verify pyjwt`` -- ``jwt.decode`` with audience/issuer/required claims;
-* ``verify ours``  -- :func:`gateway.txn.verify_compact` (what the authn method and the kit run).
+* ``verify ours``  -- :func:`gateway.sdk.txn.verify_compact` (what the authn method and the kit run).
 
 The process pins itself to one CPU (``os.sched_setaffinity``) unless ``--no-pin``; each figure
 is the median of ``--runs`` runs of ``--seconds`` CPU-seconds each, as operations per CPU-second
@@ -41,9 +41,9 @@ from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from gateway.context import Actor, Identity, Peer, Principal, RequestFacts  # noqa: E402
+from gateway.sdk.txn import Alg, verify_compact  # noqa: E402
 from gateway.tokens.keys import KeyRing, write_private_key  # noqa: E402
 from gateway.tokens.txn_token import TxnTokenMinter, header_segment, sign_claims  # noqa: E402
-from gateway.txn import Alg, verify_compact  # noqa: E402
 
 TD = "example.org"
 ISSUER = "https://gateway.example.org"

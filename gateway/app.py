@@ -24,7 +24,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import tls
 from gateway.admin_api import admin_routes
 from gateway.authn.base import invalid_token
 from gateway.authn.compose import AuthnService
@@ -34,7 +33,9 @@ from gateway.authz.exchange import exchange_input
 from gateway.context import Decision, Identity
 from gateway.credentials.manager import CredentialManager
 from gateway.errors import ConfigError, ServiceUnavailable
-from gateway.listener import GatewayServer
+from gateway.net import tls
+from gateway.net.listener import GatewayServer
+from gateway.net.tls_acceptor import TLSAcceptor
 from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditSink
 from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
@@ -44,7 +45,6 @@ from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
 from gateway.settings import Settings, TLSSettings, load_settings, split_listen
 from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
-from gateway.tls_acceptor import TLSAcceptor
 from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
@@ -517,7 +517,7 @@ def _fmt(host: str) -> str:
 
 class _TCPSite(web.TCPSite):
     """aiohttp's TCPSite plus a TLS handshake deadline (asyncio's default is 60 s) and
-    handshakes the gateway sees (:mod:`gateway.tls_acceptor`: a refusal is logged and counted,
+    handshakes the gateway sees (:mod:`gateway.net.tls_acceptor`: a refusal is logged and counted,
     where asyncio would drop it silently)."""
 
     __slots__ = ("_handshake_s", "_handshakes", "_on_refused")

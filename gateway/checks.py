@@ -130,7 +130,7 @@ def _jwks_file_problems(settings: Settings) -> list[Problem]:
 def _dev_key_problems(settings: Settings) -> list[Problem]:
     """What ``JWKSClient.start`` would refuse in an existing ``dev_signing_key`` (a missing
     one is created at start, so it is no problem; nothing is created here)."""
-    from gateway.devissuer import DevIssuerError, load_existing
+    from gateway.devtools.devissuer import DevIssuerError, load_existing
 
     problems: list[Problem] = []
     for index, issuer in enumerate(settings.issuers):

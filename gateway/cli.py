@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "policy":
             return _policy_explain(args)
         if args.command == "demo":
-            from gateway.demo import run_demo
+            from gateway.devtools.demo import run_demo
 
             return asyncio.run(run_demo(args.dir))
     except ConfigError as exc:
@@ -195,7 +195,7 @@ def _run(path: Path, level: str, workers: int | None = None) -> int:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if workers is not None:
-        from gateway.workers import run_workers  # a small supervisor: no gateway.app import
+        from gateway.net.workers import run_workers  # a small supervisor: no gateway.app import
 
         return run_workers(path, workers, log_level=level)
     from gateway.app import run
@@ -216,7 +216,7 @@ def _run(path: Path, level: str, workers: int | None = None) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    from gateway import devpki
+    from gateway.devtools import devpki
 
     try:
         if args.certs_command == "init":

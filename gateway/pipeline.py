@@ -40,7 +40,7 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
-from gateway.listener import GatewayRequestHandler
+from gateway.net.listener import GatewayRequestHandler
 from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
 from gateway.observability.behavior import BehaviorStore, agent_key

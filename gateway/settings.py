@@ -349,7 +349,7 @@ class Issuer(Strict):
     # service account (Keycloak: "service-account-<client>"), i.e. an agent. None: off.
     service_account_prefix: str | None = "service-account-"
 
-    # A development issuer (gateway/devissuer.py): this key file, created 0600 at start if
+    # A development issuer (gateway/devtools/devissuer.py): this key file, created 0600 at start if
     # missing, is the issuer's JWKS; `agentgate token mint-access` signs with it. Not with
     # jwks_uri or jwks_file, and never in production.
     dev_signing_key: AnyPath | None = None

@@ -1,6 +1,6 @@
 """Suite-wide fixtures: a session-scoped development PKI for the TLS tests.
 
-Every certificate is minted with :mod:`gateway.devpki` (EC P-256, fast) into a session temp
+Every certificate is minted with :mod:`gateway.devtools.devpki` (EC P-256, fast) into a session temp
 folder; the deliberately broken ones (expired, from another CA, several URI SANs, malformed
 SPIFFE IDs, revoked) come from ``issue_leaf``'s test knobs.
 """
@@ -17,7 +17,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:  # `pytest` run as a script does not put the checkout on sys.path
     sys.path.insert(0, _ROOT)
 
-from gateway.devpki import (  # noqa: E402
+from gateway.devtools.devpki import (  # noqa: E402
     Issued,
     create_ca,
     create_crl,

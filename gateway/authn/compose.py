@@ -32,7 +32,7 @@ certificate (the identity the ``mtls`` method authenticates):
   claimed workload is the agent (the assertion's ``iss`` = ``sub``) or that agent's registered
   ``subject``; either must equal the peer.
 
-Strings are compared exactly (SPIFFE IDs are canonical, :mod:`gateway.spiffe`). A mismatch,
+Strings are compared exactly (SPIFFE IDs are canonical, :mod:`gateway.net.spiffe`). A mismatch,
 or a claimed workload with no peer to compare it with, is 401 ``invalid_token``
 (reason ``authn_binding_mismatch``) with a precise public description; the log line names
 both identities. Defaults: with no ``routes[].bind``, every ``all_of`` node whose subtree
@@ -59,6 +59,7 @@ from gateway.authn.mtls import MTLSAuthenticator
 from gateway.authn.txn_token import TxnTokenAuthenticator
 from gateway.context import CallerType, Identity, Mode, Principal, RequestFacts
 from gateway.errors import GatewayError, Unauthorized
+from gateway.sdk.txn import TxnTokenVerifier
 from gateway.settings import (
     APIKeyMethod,
     BasicMethod,
@@ -73,7 +74,6 @@ from gateway.settings import (
     tree_node,
 )
 from gateway.state import ReplayCache
-from gateway.txn import TxnTokenVerifier
 from gateway.upstream.routes import CompiledRoute
 
 # Which success becomes the subject when several methods succeed: the most specific

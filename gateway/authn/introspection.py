@@ -31,7 +31,7 @@ import aiohttp
 
 from gateway.authn.jose import TokenError, numeric_date, strict_json_object
 from gateway.errors import ServiceUnavailable
-from gateway.outbound import client_session
+from gateway.net.outbound import client_session
 from gateway.settings import Introspection, Issuer
 
 log = logging.getLogger("agentgate.authn.introspection")

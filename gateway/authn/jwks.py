@@ -10,7 +10,8 @@ issuer does not allow are skipped with a log line; a malformed key never fails t
 
 :class:`JWKSClient` serves one issuer's keys, from ``jwks_file`` (read once at ``start()``),
 from a development issuer's ``dev_signing_key`` (its public half, the file created at
-``start()`` if missing, :mod:`gateway.devissuer`; logged as a WARNING), or from ``jwks_uri``:
+``start()`` if missing, :mod:`gateway.devtools.devissuer`; logged as a WARNING), or from
+``jwks_uri``:
 
 * fetched with its own ``aiohttp`` session: ``fetch_timeout_s``, no redirects, at most 1 MiB,
   HTTP 200 with a JSON object holding a ``keys`` array (RFC 7517 §5);
@@ -48,7 +49,7 @@ from gateway.authn.jose import (
     strict_json_object,
 )
 from gateway.errors import ConfigError, ServiceUnavailable
-from gateway.outbound import client_session
+from gateway.net.outbound import client_session
 from gateway.settings import Issuer
 
 log = logging.getLogger("agentgate.authn.jwks")
@@ -310,7 +311,7 @@ class JWKSClient:
     def _load_dev_key(self, path: Path) -> None:
         """A development issuer: the public half of its key file (created if missing)."""
         # Imported here: production configurations never load the dev issuer's code.
-        from gateway.devissuer import DevIssuerError, jwks, load_or_create
+        from gateway.devtools.devissuer import DevIssuerError, jwks, load_or_create
 
         try:
             key, created = load_or_create(path, self.issuer.algorithms)

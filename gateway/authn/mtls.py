@@ -2,7 +2,7 @@
 
 Input: ``facts.peer``, which the listener fills only after the TLS handshake has verified the
 client certificate chain against ``server.tls.client_ca`` and after the X.509-SVID leaf rules
-of SPIFFE X509-SVID §5.2 held (:mod:`gateway.spiffe`). This method does no cryptography: it
+of SPIFFE X509-SVID §5.2 held (:mod:`gateway.net.spiffe`). This method does no cryptography: it
 decides whether that already-verified identity is acceptable here.
 
 Outcomes:

@@ -7,7 +7,7 @@ Contract (base.Method; txn-tokens-10 §12.2, SPECS.md §1.7, §2.2):
 * 401 ``invalid_token``: the token is malformed (RFC 6750 §3.1) or fails verification:
   signature by ``kid`` against the gateway's own keys only, ``typ: txntoken+jwt``, ``aud``
   = trust domain, ``iss``, ``exp``/``iat`` with ``leeway_s``, the required claims
-  (:mod:`gateway.txn` does the checks); 503 if the keys cannot be obtained; 403 for an
+  (:mod:`gateway.sdk.txn` does the checks); 503 if the keys cannot be obtained; 403 for an
   actor chain deeper than 8;
 * otherwise a :class:`gateway.context.Principal`: ``subject`` = ``sub``, ``subject_type``
   from ``tctx.subject_type``, ``scopes`` from ``scope``, ``actors`` from the ``act`` chain
@@ -34,15 +34,15 @@ from aiohttp import web
 from gateway.authn.base import invalid_request, invalid_token
 from gateway.context import Actor, Identity, Principal, RequestFacts, SubjectType
 from gateway.errors import Forbidden, ServiceUnavailable
+from gateway.sdk.txn import TXN_TOKEN_HEADER, KeysUnavailable, TxnTokenError
 from gateway.settings import TxnTokenMethod
-from gateway.txn import TXN_TOKEN_HEADER, KeysUnavailable, TxnTokenError
 
 MAX_ACTORS: Final = 8  # SPECS.md §2.2 rule 3
 _SUBJECT_TYPES: Final = frozenset({"user", "agent", "service", "device"})
 
 
 class TokenVerifier(Protocol):
-    """:class:`gateway.txn.TxnTokenVerifier` built on the gateway's own KeyRing."""
+    """:class:`gateway.sdk.txn.TxnTokenVerifier` built on the gateway's own KeyRing."""
 
     async def verify(self, token: str, *, leeway_s: float | None = None) -> dict[str, Any]: ...
 

@@ -29,7 +29,7 @@ client does pool one ``ClientSession``, and ``query_rule`` returns the whole res
    anyway, and the package pulls in ``aiofiles`` for features we never use.
 
 One ``ClientSession`` with one keep-alive ``TCPConnector`` serves every decision; nothing is
-built per request. It comes from :func:`gateway.outbound.client_session` and no call follows a
+built per request. It comes from :func:`gateway.net.outbound.client_session` and no call follows a
 redirect: a 3xx from ``pdp.url`` is a PDP failure (503), never a reason to send the policy
 input somewhere else (issue 12).
 """
@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 
 from gateway.authz.engine import UNDEFINED, PDPError, decision_ref
-from gateway.outbound import client_session
+from gateway.net.outbound import client_session
 
 log = logging.getLogger("agentgate.authz")
 

@@ -32,7 +32,7 @@ import aiohttp
 
 from gateway.credentials import ConvertContext, Outbound
 from gateway.errors import ServiceUnavailable
-from gateway.outbound import client_session
+from gateway.net.outbound import client_session
 from gateway.settings import OAuthClientCredentials, Secret, TokenExchangeCredential
 
 log = logging.getLogger("agentgate.credentials")

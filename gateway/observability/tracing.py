@@ -400,7 +400,7 @@ def _otlp_session() -> requests.Session:
 
     ``requests`` follows redirects by default, and on 307/308 it re-POSTs the body: a collector
     answering one would hand every exported span (routes, paths, subjects) to its Location.
-    Like every other outbound client of the gateway (:mod:`gateway.outbound`), a 3xx is
+    Like every other outbound client of the gateway (:mod:`gateway.net.outbound`), a 3xx is
     a failed export instead, and nothing is read from the environment (proxies, netrc).
     """
     import requests  # comes with the OTLP exporter; imported as late as the exporter

@@ -7,7 +7,7 @@ coroutine of this process. When full even after dropping expired entries it
 raises :class:`StateUnavailable` (fail closed) rather than forget a live entry.
 
 Nothing here is shared between processes: ``agentgate run --workers N`` (N > 1)
-refuses this backend (``gateway.workers``).
+refuses this backend (``gateway.net.workers``).
 """
 
 from __future__ import annotations

@@ -5,5 +5,5 @@
 * :mod:`gateway.tokens.service` -- ``POST /token`` (RFC 8693 profile);
 * :mod:`gateway.tokens.cli` -- ``agentgate keys`` / ``agentgate token``.
 
-Verification lives in :mod:`gateway.txn`, which internal services import on its own.
+Verification lives in :mod:`gateway.sdk.txn`, which internal services import on its own.
 """

@@ -13,7 +13,7 @@
 * ``token mint-access [-c CONFIG] [--issuer NAME] --sub S [--scope "a b"] [--act A]...
   [--client-id C] [--aud A] [--ttl S] [--dpop] [--cnf-cert PEM] [--headers --htu URL]``:
   an RFC 9068 access token from the config's development issuer (``dev_signing_key``,
-  :mod:`gateway.devissuer`; the key is created 0600 if missing). ``--dpop`` binds it to the
+  :mod:`gateway.devtools.devissuer`; the key is created 0600 if missing). ``--dpop`` binds it to the
   dev DPoP client key (``cnf.jkt``; ``--dpop-key``, default ``dev-dpop-client.pem`` next to
   the issuer key, created if missing); ``--cnf-cert`` binds it to a certificate
   (``cnf.x5t#S256``). ``--headers`` prints request header lines for ``curl -H @-``
@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.devissuer import (
+from gateway.devtools.devissuer import (
     DPOP_KEY_NAME,
     MAX_TTL_S,
     access_token_claims,
@@ -45,6 +45,7 @@ from gateway.devissuer import (
     sign_access_token,
 )
 from gateway.errors import ConfigError
+from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified, strict_json_loads
 from gateway.tokens.keys import (
     KeyRing,
     KeyRingError,
@@ -53,7 +54,6 @@ from gateway.tokens.keys import (
     write_private_key,
 )
 from gateway.tokens.txn_token import dev_claims, sign_claims
-from gateway.txn import TxnTokenError, TxnTokenVerifier, decode_unverified, strict_json_loads
 
 if TYPE_CHECKING:
     from gateway.settings import Issuer

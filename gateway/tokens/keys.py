@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.private_files import write_atomic
-from gateway.txn import Alg, VerificationKey, b64url_encode
+from gateway.sdk.txn import Alg, VerificationKey, b64url_encode
 
 log = logging.getLogger("agentgate.tokens.keys")
 
@@ -188,7 +188,7 @@ class KeyRing:
         return self._snap.keys
 
     def verification_keys(self) -> Mapping[str, VerificationKey]:
-        """kid -> public key, for :class:`gateway.txn.TxnTokenVerifier` (a KeySource)."""
+        """kid -> public key, for :class:`gateway.sdk.txn.TxnTokenVerifier` (a KeySource)."""
         return self._snap.by_kid
 
     def jwks(self) -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.sdk.txn import TxnTokenVerifier
 from gateway.settings import Settings, TxnTokenSettings
 from gateway.tokens.keys import KeyRing
 from gateway.tokens.txn_token import TxnTokenMinter
-from gateway.txn import TxnTokenVerifier
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Contract of the handler built by :func:`make_token_handler`:
 
 * **Client authentication** (§11.5): the caller is the mTLS workload whose verified SPIFFE
-  ID (``request.protocol.peer``, set by :class:`gateway.listener.GatewayRequestHandler`)
+  ID (``request.protocol.peer``, set by :class:`gateway.net.listener.GatewayRequestHandler`)
   is on the ``clients`` allowlist: an exact ID, or a prefix ending in ``/``. Otherwise
   401 ``invalid_client``. Nothing else about the request is looked at before that.
 * **Request**: ``application/x-www-form-urlencoded``, at most 64 KiB, each parameter at
@@ -41,9 +41,9 @@ from aiohttp import web
 
 from gateway.context import Decision, Identity, Peer
 from gateway.errors import Forbidden, GatewayError, ServiceUnavailable
+from gateway.sdk.txn import KeysUnavailable, TxnTokenError, TxnTokenVerifier, strict_json_loads
 from gateway.tokens.keys import KeyRing
 from gateway.tokens.txn_token import ExchangeError, TxnTokenMinter, parse_scope
-from gateway.txn import KeysUnavailable, TxnTokenError, TxnTokenVerifier, strict_json_loads
 
 log = logging.getLogger("agentgate.tokens.service")
 

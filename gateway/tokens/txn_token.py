@@ -60,8 +60,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from gateway.context import Actor, Identity, RequestFacts
 from gateway.errors import Forbidden
+from gateway.sdk.txn import MAX_LIFETIME_S, TXN_TOKEN_TYP, b64url_encode
 from gateway.tokens.keys import KeyRing, SigningKey
-from gateway.txn import MAX_LIFETIME_S, TXN_TOKEN_TYP, b64url_encode
 
 MAX_ACTORS: Final = 8  # SPECS.md §2.2 rule 3
 MAX_REPLACEMENTS: Final = 16  # length cap of rctx.req_wl_chain (token size stays bounded)

@@ -49,7 +49,7 @@ from yarl import URL
 
 from gateway.context import BUFFERED_BODY_KEY
 from gateway.errors import BadGateway, BadRequest, GatewayError, GatewayTimeout, PayloadTooLarge
-from gateway.listener import BodyReadTimeout
+from gateway.net.listener import BodyReadTimeout
 from gateway.settings import Route, Timeouts
 from gateway.upstream.headers import sanitize_response_headers
 from gateway.upstream.paths import drop_query_params

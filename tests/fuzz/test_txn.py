@@ -1,7 +1,7 @@
-"""Fuzz the Txn-Token verifier (gateway.txn) that internal services and the gateway run.
+"""Fuzz the Txn-Token verifier (gateway.sdk.txn) that internal services and the gateway run.
 
-Documented errors: :func:`gateway.txn.verify_compact` and :func:`decode_unverified` raise only
-:class:`gateway.txn.TxnTokenError`; :func:`parse_jwks` and :func:`public_key_from_jwk` only
+Documented errors: :func:`gateway.sdk.txn.verify_compact` and :func:`decode_unverified` raise only
+:class:`gateway.sdk.txn.TxnTokenError`; :func:`parse_jwks` and :func:`public_key_from_jwk` only
 ``ValueError``. Properties: a token edited after signing never verifies, one flipped character
 never verifies, and a verified token carries every required claim with a lifetime of at most
 ``MAX_LIFETIME_S``.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-from gateway.txn import (
+from gateway.sdk.txn import (
     MAX_LIFETIME_S,
     TxnTokenError,
     decode_unverified,

@@ -29,7 +29,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from gateway.devpki import issue_leaf, load_issued
+from gateway.devtools.devpki import issue_leaf, load_issued
 from gateway.settings import parse_settings
 from gateway.tokens.keys import SigningKey, write_private_key
 from gateway.tokens.txn_token import sign_claims

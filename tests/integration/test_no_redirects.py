@@ -11,7 +11,7 @@ to an :class:`tests.support.Attacker` listener, and the attacker must see ZERO c
 - the OAuth client-credentials token endpoint: 503 ``credential_unavailable``;
 - the RFC 8693 token-exchange endpoint: 503 ``credential_unavailable``;
 - the upstream: the 307 is relayed to the client unchanged (status and ``Location``);
-- the verification kit's JWKS fetch (:mod:`gateway.txn`, an internal service's middleware): 503;
+- the verification kit's JWKS fetch (:mod:`gateway.sdk.txn`, an internal service's middleware): 503;
 - the OTLP/HTTP span exporter (``requests``): the export fails, the spans go nowhere else.
 
 The Redirector is a small fake because no real OPA, IdP or backend can be told to redirect.
@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
 from gateway.observability.tracing import Tracing
+from gateway.sdk.txn import TxnTokenVerifier, txn_token_middleware
 from gateway.settings import TelemetrySettings, parse_settings
-from gateway.txn import TxnTokenVerifier, txn_token_middleware
 from tests.integration.conftest import BASE_SERVER, merge
 from tests.support import (
     LOCALHOST,

@@ -25,7 +25,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import Gateway
-from gateway.listener import REFUSAL_SLOTS
+from gateway.net.listener import REFUSAL_SLOTS
 from tests.integration.conftest import GatewayFactory, admin_url, echo_route
 from tests.support import Upstream, http_request, read_response, wait_until
 

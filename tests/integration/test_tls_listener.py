@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 
 from gateway.app import Gateway
-from gateway.devpki import issue_leaf, load_issued
+from gateway.devtools.devpki import issue_leaf, load_issued
 from tests.integration.conftest import GatewayFactory, base_url, echo_route, spy_facts, tls_block
 from tests.support import (
     CertPair,

@@ -36,10 +36,10 @@ from joserfc.errors import BadSignatureError, SecurityWarning
 from joserfc.jwk import KeySet
 
 from gateway.context import Decision, Identity
+from gateway.sdk.txn import RemoteJWKS, TxnTokenError, TxnTokenVerifier
 from gateway.tokens.keys import JWKS_PATH, KeyRing, make_jwks_handler, write_private_key
 from gateway.tokens.service import ExchangeRequest, make_token_handler
 from gateway.tokens.txn_token import TxnTokenMinter
-from gateway.txn import RemoteJWKS, TxnTokenError, TxnTokenVerifier
 from tests.support import ROOT, TestPKI
 from tests.unit.tokens.support import (
     GATEWAY_ID,

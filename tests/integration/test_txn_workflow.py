@@ -52,11 +52,11 @@ from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, KeySet
 
 from gateway.app import Gateway
-from gateway.devpki import issue_leaf, load_issued
+from gateway.devtools.devpki import issue_leaf, load_issued
+from gateway.sdk.txn import RemoteJWKS, TxnTokenVerifier, b64url_encode
 from gateway.settings import parse_settings
 from gateway.tokens.keys import SigningKey, write_private_key
 from gateway.tokens.txn_token import header_segment, sign_claims
-from gateway.txn import RemoteJWKS, TxnTokenVerifier, b64url_encode
 from tests.integration.conftest import tls_block
 from tests.support import ROOT, CertPair, TestPKI, Upstream, client_context, wait_until
 

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.net.workers import available_cpus, check_workers
 from gateway.settings import parse_settings
-from gateway.workers import available_cpus, check_workers
 from tests.redis_server import RedisServer
 from tests.support import (
     ROOT,

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import demo
 from gateway.authz.decision_log import DecisionLog
 from gateway.cli import _parser
-from gateway.devpki import init_dev_pki
+from gateway.devtools import demo
+from gateway.devtools.devpki import init_dev_pki
 from gateway.observability.audit import AuditSink
 from gateway.private_files import open_private_append, write_atomic
 from gateway.tokens.keys import write_private_key

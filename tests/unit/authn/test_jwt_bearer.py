@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.authn.jose import jwk_thumbprint
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
 from gateway.context import BUFFERED_BODY_KEY, Actor, Peer, Principal
-from gateway.devpki import create_ca, issue_leaf
+from gateway.devtools.devpki import create_ca, issue_leaf
 from gateway.errors import BadRequest, ConfigError, ServiceUnavailable, Unauthorized
+from gateway.net.spiffe import peer_from_der
 from gateway.settings import BearerMethod, Issuer
-from gateway.spiffe import peer_from_der
 from gateway.state.memory import MemoryReplayCache
 
 from . import (

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.sdk.txn import TxnTokenVerifier
 from gateway.tokens.keys import KeyRing, SigningKey, write_private_key
 from gateway.tokens.txn_token import TxnTokenMinter
-from gateway.txn import TxnTokenVerifier
 from tests.unit.tokens.support import GATEWAY_ID, ISSUER, TD
 
 

@@ -2,7 +2,7 @@
 
 ``identity``/``facts`` build the frozen context values a real pipeline would pass;
 ``MTLSServer`` serves one handler on the gateway's own mTLS listener
-(:class:`gateway.listener.GatewayServer`, real TLS handshakes on loopback), so the Token
+(:class:`gateway.net.listener.GatewayServer`, real TLS handshakes on loopback), so the Token
 Service sees a verified ``Peer`` exactly as it will in production.
 """
 
@@ -16,9 +16,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway import tls
 from gateway.context import Actor, CallerType, Identity, Mode, Peer, Principal, RequestFacts
-from gateway.listener import GatewayServer
+from gateway.net import tls
+from gateway.net.listener import GatewayServer
 from gateway.settings import TLSSettings
 from tests.support import TestPKI
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.sdk.txn import decode_unverified
 from gateway.tokens.cli import add_subcommands, dispatch
 from gateway.tokens.keys import load_private_key
-from gateway.txn import decode_unverified
 
 
 def run(*argv: str) -> int:

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.sdk.txn import parse_jwks
 from gateway.tokens.keys import (
     JWKS_PATH,
     KeyRing,
@@ -24,7 +25,6 @@ from gateway.tokens.keys import (
     private_key_pem,
     write_private_key,
 )
-from gateway.txn import parse_jwks
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from gateway.devissuer import cert_thumbprint
-from gateway.devpki import init_dev_pki
+from gateway.devtools.devissuer import cert_thumbprint
+from gateway.devtools.devpki import init_dev_pki
+from gateway.sdk.txn import decode_unverified
 from gateway.tokens.keys import load_private_key
-from gateway.txn import decode_unverified
 from tests.support import ROOT
 
 

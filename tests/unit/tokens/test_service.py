@@ -16,10 +16,10 @@ from aiohttp import web
 
 from gateway.context import Decision, Identity
 from gateway.errors import ServiceUnavailable, Unauthorized
+from gateway.sdk.txn import TxnTokenVerifier, decode_unverified
 from gateway.tokens.keys import KeyRing, SigningKey
 from gateway.tokens.service import ExchangeRequest, client_allowed, make_token_handler
 from gateway.tokens.txn_token import TxnTokenMinter, dev_claims, sign_claims
-from gateway.txn import TxnTokenVerifier, decode_unverified
 from tests.support import TestPKI
 from tests.unit.tokens.support import (
     BILLING,

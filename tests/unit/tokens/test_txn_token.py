@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.context import Actor
 from gateway.errors import Forbidden
+from gateway.sdk.txn import TxnTokenVerifier, decode_unverified
 from gateway.tokens.keys import KeyRing, SigningKey
 from gateway.tokens.txn_token import (
     ExchangeError,
@@ -24,7 +25,6 @@ from gateway.tokens.txn_token import (
     new_txn,
     parse_scope,
 )
-from gateway.txn import TxnTokenVerifier, decode_unverified
 from tests.unit.tokens.support import (
     GATEWAY_ID,
     ISSUER,

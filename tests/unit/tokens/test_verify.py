@@ -1,4 +1,4 @@
-"""Txn-Token verification: the kit (gateway.txn) and the txn_token authn method refuse the
+"""Txn-Token verification: the kit (gateway.sdk.txn) and the txn_token authn method refuse the
 same bad tokens; remote JWKS caching; the aiohttp middleware."""
 
 from __future__ import annotations
@@ -22,11 +22,7 @@ from multidict import CIMultiDict
 from gateway.authn.txn_token import TxnTokenAuthenticator, continued_txn, principal_from_claims
 from gateway.context import Actor
 from gateway.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized
-from gateway.settings import TxnTokenMethod
-from gateway.tokens.keys import JWKS_PATH, KeyRing, SigningKey, make_jwks_handler
-from gateway.tokens.keys import write_private_key as new_key
-from gateway.tokens.txn_token import sign_claims
-from gateway.txn import (
+from gateway.sdk.txn import (
     TXN_TOKEN,
     KeysUnavailable,
     RemoteJWKS,
@@ -35,6 +31,10 @@ from gateway.txn import (
     b64url_encode,
     txn_token_middleware,
 )
+from gateway.settings import TxnTokenMethod
+from gateway.tokens.keys import JWKS_PATH, KeyRing, SigningKey, make_jwks_handler
+from gateway.tokens.keys import write_private_key as new_key
+from gateway.tokens.txn_token import sign_claims
 from tests.unit.tokens.support import GATEWAY_ID, ISSUER, PLANNER, TD, TRAVEL, facts, identity, peer
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
@@ -587,7 +587,7 @@ async def test_redirects_are_not_followed_and_size_is_bounded(
 
 
 def test_jwks_parsing_skips_unusable_keys(es_key: tuple[Path, SigningKey]) -> None:
-    from gateway.txn import parse_jwks
+    from gateway.sdk.txn import parse_jwks
 
     good = dict(es_key[1].public_jwk)
     doc = {
@@ -665,7 +665,7 @@ async def test_middleware_answers_503_without_keys(es_key: tuple[Path, SigningKe
 
 def test_unused_helpers_stay_honest() -> None:
     # base64 of the standard alphabet is not base64url: '+' and '/' are refused.
-    from gateway.txn import b64url_decode
+    from gateway.sdk.txn import b64url_decode
 
     with pytest.raises(ValueError, match="base64url"):
         b64url_decode(base64.b64encode(b"\xfb\xff").decode())

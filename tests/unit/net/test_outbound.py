@@ -1,4 +1,4 @@
-"""``gateway.outbound.client_session``: the guarantees every outbound client inherits.
+"""``gateway.net.outbound.client_session``: the guarantees every outbound client inherits.
 
 - a redirect is refused even when a call site forgets ``allow_redirects=False`` (GET 302,
   POST 307 with a body): :class:`RedirectRefused`, an ``aiohttp.ClientError``, and the
@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.outbound import RedirectRefused, client_session
+from gateway.net.outbound import RedirectRefused, client_session
 from tests.support import LOCALHOST, Attacker
 
-GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
+GATEWAY = Path(__file__).resolve().parents[3] / "gateway"
 
 
 class Server:
@@ -134,9 +134,9 @@ def test_fixed_options_cannot_be_overridden(option: str) -> None:
 
 # Modules allowed to build a ClientSession themselves, and why.
 _OWN_SESSIONS = {
-    "outbound.py": "the helper itself",
-    "txn.py": "the verification kit stands alone; same options by hand, allow_redirects=False",
-    "demo.py": "the demo's agents and probes are clients OF the gateway, not its dependencies",
+    "net/outbound.py": "the helper itself",
+    "sdk/txn.py": "the verification kit stands alone; same options by hand, allow_redirects=False",
+    "devtools/demo.py": "the demo's agents and probes are clients OF the gateway",
     "upstream/forward.py": "DummyCookieJar + allow_redirects=False by hand (owned elsewhere)",
     "checks.py": "check-config --strict probes: GET only, allow_redirects=False by hand",
 }
@@ -166,5 +166,5 @@ def test_no_module_builds_its_own_client_session() -> None:
             seen_allowed.add(rel)
         else:
             offenders[rel] = lines
-    assert offenders == {}, "build outbound sessions with gateway.outbound.client_session"
-    assert "outbound.py" in seen_allowed  # the scan does find constructor calls
+    assert offenders == {}, "build outbound sessions with gateway.net.outbound.client_session"
+    assert "net/outbound.py" in seen_allowed  # the scan does find constructor calls

@@ -1,4 +1,4 @@
-"""gateway.spiffe: SPIFFE ID syntax and X.509-SVID leaf rules (SPECS.md §11.1-§11.2)."""
+"""gateway.net.spiffe: SPIFFE ID syntax and X.509-SVID leaf rules (SPECS.md §11.1-§11.2)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.spiffe import InvalidSpiffeID, parse_spiffe_id, peer_from_der
+from gateway.net.spiffe import InvalidSpiffeID, parse_spiffe_id, peer_from_der
 
 # ---------------------------------------------------------------------------------------------
 # parse_spiffe_id

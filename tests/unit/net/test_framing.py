@@ -1,4 +1,4 @@
-"""The one framing rule (gateway/framing.py), table by table.
+"""The one framing rule (gateway/net/framing.py), table by table.
 
 Each row is one request head as an aiohttp parser hands it over (method, raw target, version,
 raw header bytes); the raw-socket corpus in tests/integration/test_framing_corpus.py sends the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.framing import FramingError, RawHeaders, check_head
+from gateway.net.framing import FramingError, RawHeaders, check_head
 
 HOST = (b"Host", b"gw.test")
 

@@ -1,7 +1,7 @@
 """``agentgate run --workers N``: N gateway processes sharing one port (SO_REUSEPORT).
 
 The parent (a small asyncio supervisor, no gateway inside) validates the config once,
-then starts N children with ``subprocess``: ``python -m gateway.workers --index I ...``.
+then starts N children with ``subprocess``: ``python -m gateway.net.workers --index I ...``.
 Subprocesses rather than ``multiprocessing``: each worker is a plain, fresh
 interpreter (no inherited event loop, sockets or pickled state), its exit status is
 an ordinary exit code, and ``ps`` shows what it is.
@@ -303,7 +303,7 @@ class Supervisor:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "gateway.workers",
+                "gateway.net.workers",
                 "--index",
                 str(worker.index),
                 "--config",
@@ -455,7 +455,7 @@ async def _serve_worker(settings: Settings, index: int, ready_fd: int, config: P
 
 
 def worker_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.workers")
+    parser = argparse.ArgumentParser(prog="python -m gateway.net.workers")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--listen", required=True)

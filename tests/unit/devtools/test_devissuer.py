@@ -1,4 +1,4 @@
-"""gateway.devissuer: the development issuer's key, its RFC 9068 tokens and DPoP proofs.
+"""gateway.devtools.devissuer: the development issuer's key, its RFC 9068 tokens and DPoP proofs.
 
 Tokens are checked with the gateway's own verification code (the issuer's JWKS through
 :class:`gateway.authn.jwks.JWKSClient`, the RFC 9068 claim checks of the bearer method, the
@@ -27,7 +27,7 @@ from gateway.authn.jose import TokenError, b64url_encode, jwk_thumbprint, parse_
 from gateway.authn.jwks import JWKSClient
 from gateway.authn.jwt_bearer import check_jwt_claims
 from gateway.checks import dev_issuer_warnings, static_problems
-from gateway.devissuer import (
+from gateway.devtools.devissuer import (
     DevIssuerError,
     access_token_claims,
     cert_thumbprint,
@@ -37,7 +37,7 @@ from gateway.devissuer import (
     load_or_create,
     sign_access_token,
 )
-from gateway.devpki import init_dev_pki
+from gateway.devtools.devpki import init_dev_pki
 from gateway.errors import ConfigError, Unauthorized
 from gateway.private_files import create_exclusive
 from gateway.settings import DPoPSettings, Issuer, parse_settings

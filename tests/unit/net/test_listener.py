@@ -1,4 +1,4 @@
-"""The listener's body-read deadline (gateway.listener.BodyIdleTimer) on aiohttp's own
+"""The listener's body-read deadline (gateway.net.listener.BodyIdleTimer) on aiohttp's own
 StreamReader, the one a request body is read from; and which HTTP parser runs.
 
 Timings are generous (a loaded two-core machine): a deadline of 0.3 s against gaps of 0.05 s.
@@ -12,7 +12,7 @@ import pytest
 from aiohttp import helpers
 from aiohttp.streams import StreamReader
 
-from gateway.listener import BodyIdleTimer, BodyReadTimeout, parser_kind
+from gateway.net.listener import BodyIdleTimer, BodyReadTimeout, parser_kind
 
 IDLE_S = 0.3
 

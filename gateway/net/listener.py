@@ -13,7 +13,7 @@ ours adds three things the stock one lacks:
 * **Parser errors rendered like every other error**: an oversized header
   block is ``431``, an oversized request line ``414``, anything else the parser
   refuses ``400``, each as problem+json with an ``X-Request-Id``.
-* **One framing rule for both aiohttp parsers** (:mod:`gateway.framing`): every
+* **One framing rule for both aiohttp parsers** (:mod:`gateway.net.framing`): every
   parsed head is checked before the pipeline runs; a refusal closes the
   connection. So does an ``Upgrade`` request (the gateway never upgrades, and
   the bytes behind it were meant for another protocol) and any error answer
@@ -48,9 +48,9 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from yarl import URL
 
 from gateway.context import Peer
-from gateway.framing import FramingError, check_head
+from gateway.net.framing import FramingError, check_head
+from gateway.net.spiffe import InvalidSpiffeID, peer_from_der
 from gateway.render import problem
-from gateway.spiffe import InvalidSpiffeID, peer_from_der
 
 log = logging.getLogger("agentgate.listener")
 
@@ -325,7 +325,7 @@ class GatewayRequestHandler(RequestHandler):
         self._body = payload
         self._body_timer = BodyIdleTimer(self._loop, self._body_read_s, self._body_timeout)
         # aiohttp builds each payload with the parser's timer (none, on a server); the
-        # attribute is a slot of StreamReader, checked by tests/unit/test_listener.py.
+        # attribute is a slot of StreamReader, checked by tests/unit/net/test_listener.py.
         payload._timer = self._body_timer
 
     def _body_timeout(self) -> None:

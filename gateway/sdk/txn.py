@@ -465,7 +465,7 @@ class RemoteJWKS:
 
     async def _get(self) -> tuple[Any, float | None]:
         if self._session is None:
-            # As gateway.outbound builds them (not imported: this kit stands alone): no
+            # As gateway.net.outbound builds them (not imported: this kit stands alone): no
             # proxy or netrc from the environment, no cookies.
             self._session = aiohttp.ClientSession(
                 trust_env=False, cookie_jar=aiohttp.DummyCookieJar()

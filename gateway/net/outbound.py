@@ -18,7 +18,7 @@ their ``aiohttp.ClientSession`` from :func:`client_session`. The session it retu
 - **keeps no cookies** (``DummyCookieJar``): a dependency cannot plant state that would ride
   along on later requests made for other callers.
 
-The verification kit :mod:`gateway.txn` builds its own session the same way by hand: it is
+The verification kit :mod:`gateway.sdk.txn` builds its own session the same way by hand: it is
 importable by internal services without the rest of the gateway.
 """
 

@@ -43,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.private_files import create_exclusive
+from gateway.sdk.txn import Alg, b64url_encode
 from gateway.tokens.keys import (
     KeyRingError,
     SigningKey,
@@ -51,7 +52,6 @@ from gateway.tokens.keys import (
     private_key_pem,
 )
 from gateway.tokens.txn_token import sign_claims
-from gateway.txn import Alg, b64url_encode
 
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 -- RFC 9068 §2.1, a media type
 DPOP_TYP = "dpop+jwt"  # RFC 9449 §4.2

@@ -58,11 +58,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
-from gateway.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_files
+from gateway.devtools.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_files
 from gateway.private_files import write_atomic
+from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
 from gateway.settings import load_settings
 from gateway.tokens.keys import signing_key, write_private_key
-from gateway.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
 
 TRUST_DOMAIN = "example.org"
 TD = f"spiffe://{TRUST_DOMAIN}"

@@ -1,4 +1,4 @@
-"""Unit tests for gateway.devpki: CA/leaf extensions per SPECS §11.2, CRLs, files."""
+"""Unit tests for gateway.devtools.devpki: CA/leaf extensions per SPECS §11.2, CRLs, files."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway.devpki import (
+from gateway.devtools.devpki import (
     DevPKIError,
     Issued,
     create_ca,

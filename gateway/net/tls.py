@@ -11,7 +11,7 @@ checked for the leaf.
 (optional private CA, optional client certificate).
 
 Peer identity (SPIFFE ID, thumbprints) is read from the verified certificate in
-:mod:`gateway.spiffe`; this module only configures OpenSSL.
+:mod:`gateway.net.spiffe`; this module only configures OpenSSL.
 """
 
 from __future__ import annotations
