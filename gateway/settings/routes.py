@@ -1,0 +1,131 @@
+"""``routes``: matching, upstream, authn tree, credentials, limits and timeouts per route."""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from gateway.settings.authn import AuthnTree, Bind, check_tree
+from gateway.settings.base import FilePath, Strict
+from gateway.settings.credentials import CredentialSettings, MTLSCredential
+
+
+class UpstreamTLS(Strict):
+    ca: FilePath | None = None  # default: the system trust store
+    cert: FilePath | None = None  # client certificate presented to the upstream
+    key: FilePath | None = None
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        return self
+
+
+class RouteMatch(Strict):
+    path_prefix: str = "/"
+    methods: tuple[str, ...] = ()  # empty: any method
+    hosts: tuple[str, ...] = ()  # empty: any host; "*.example.org" wildcards one label+
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m.upper() for m in value)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.lower() for h in value)
+
+
+class RateLimit(Strict):
+    """A token bucket: ``rate`` tokens per second, ``burst`` deep, per key."""
+
+    per: Literal["agent", "subject", "route", "client"] = "subject"
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class RouteTimeouts(Strict):
+    """Per-route overrides of ``server.timeouts.upstream_*``; ``None``: the server's value."""
+
+    connect_s: float | None = Field(None, gt=0)
+    headers_s: float | None = Field(None, gt=0)
+    idle_s: float | None = Field(None, gt=0)
+    total_s: float | None = Field(None, gt=0)  # non-stream routes only
+    max_s: float | None = Field(None, gt=0)  # stream/websocket routes: lifetime cap (None: none)
+
+
+class Route(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    match: RouteMatch = RouteMatch()
+    authn: AuthnTree | None = None
+    # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);
+    # a value binds the whole tree; `off` / {} also switches the defaults off.
+    bind: Bind | None = None
+    upstream: str
+    upstream_tls: UpstreamTLS | None = None
+    strip_prefix: bool = False
+    segment: str = "default"
+    tags: tuple[str, ...] = ()
+    policy_headers: tuple[str, ...] = ()  # request headers the policy may see
+    # The default backend credential; ``None`` means txn_token when txn_tokens is
+    # configured, otherwise none. ``credentials`` are named alternatives a decision may
+    # pick (decision ``credential: <name>``).
+    credential: CredentialSettings | None = None
+    credentials: dict[str, CredentialSettings] = Field(default_factory=dict)
+    send_txn_token: bool = True  # the minted Txn-Token goes upstream with any credential
+    rate_limits: tuple[RateLimit, ...] = ()
+    # A long-lived response (SSE, MCP event stream): no total cap, only idle_s and max_s.
+    stream: bool = False
+    # WebSocket upgrades are proxied (after authn and the decision); elsewhere refused (403).
+    websocket: bool = False
+    websocket_max_message_bytes: int = Field(1024 * 1024, ge=125, le=64 * 1024 * 1024)
+    timeouts: RouteTimeouts = RouteTimeouts()
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must not carry a query, fragment or credentials")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _mtls_needs_https(self) -> Self:
+        # SECURITY: a client certificate only exists on a TLS connection; on http:// the
+        # credential would silently vanish and the request go out with none.
+        creds = [self.credential, *self.credentials.values()]
+        if not self.upstream.startswith("https:") and any(
+            isinstance(c, MTLSCredential) for c in creds
+        ):
+            raise ValueError("an mtls credential needs an https:// upstream")
+        return self
+
+    @field_validator("authn")
+    @classmethod
+    def _authn(cls, value: AuthnTree | None) -> AuthnTree | None:
+        if value is not None:
+            check_tree(value)
+        return value
+
+    @field_validator("policy_headers")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.lower() for v in value)
