@@ -47,8 +47,9 @@ if str(ROOT) not in sys.path:
 
 from gateway.authz.cache import DecisionCache, cache_key  # noqa: E402
 from gateway.authz.embedded import EmbeddedPDP  # noqa: E402
-from gateway.authz.engine import PDP, PolicyDecisionPoint  # noqa: E402
+from gateway.authz.engine import PolicyDecisionPoint  # noqa: E402
 from gateway.authz.opa import OPAClient  # noqa: E402
+from gateway.authz.pdp import PDP  # noqa: E402
 
 POLICIES = ROOT / "policies"
 DATA = POLICIES / "data.json"

@@ -28,8 +28,9 @@ from gateway.admin_api import admin_routes
 from gateway.authn.base import invalid_token
 from gateway.authn.compose import AuthnService
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
-from gateway.authz.engine import PolicyDecisionPoint, PolicyLoadError, build_pdp
+from gateway.authz.engine import PolicyDecisionPoint, build_pdp
 from gateway.authz.exchange import exchange_input
+from gateway.authz.pdp import PolicyLoadError
 from gateway.context import Decision, Identity
 from gateway.credentials.manager import CredentialManager
 from gateway.errors import ConfigError, ServiceUnavailable

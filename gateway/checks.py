@@ -25,7 +25,7 @@ import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.authz.engine import PolicyLoadError
+from gateway.authz.pdp import PolicyLoadError
 from gateway.settings import Settings
 
 Problem = tuple[str, str]

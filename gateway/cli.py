@@ -148,8 +148,8 @@ def _policy_explain(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from gateway.authz.engine import PDPError, PolicyLoadError
     from gateway.authz.explain import explain
+    from gateway.authz.pdp import PDPError, PolicyLoadError
     from gateway.settings import load_settings
 
     policies, data, decision = args.policies, args.data, "agentgate/authz/decision"
@@ -199,7 +199,7 @@ def _run(path: Path, level: str, workers: int | None = None) -> int:
 
         return run_workers(path, workers, log_level=level)
     from gateway.app import run
-    from gateway.authz.engine import PolicyLoadError
+    from gateway.authz.pdp import PolicyLoadError
     from gateway.settings import load_settings
 
     settings = load_settings(path)

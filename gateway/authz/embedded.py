@@ -58,7 +58,7 @@ from typing import Any
 
 import regopy
 
-from gateway.authz.engine import UNDEFINED, PDPError, PolicyLoadError, decision_ref
+from gateway.authz.pdp import UNDEFINED, PDPError, PolicyLoadError, decision_ref
 from gateway.authz.rego_errors import locate
 
 # `input` as a whole word that is not itself a field (`x.input`) or part of a longer name.

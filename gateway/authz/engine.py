@@ -18,74 +18,20 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Literal
 
 from gateway.authz.cache import DecisionCache, cache_key
 from gateway.authz.decision import REASON_UNDEFINED, parse_decision
 from gateway.authz.decision_log import DecisionLog
+from gateway.authz.pdp import PDP, UNDEFINED, PDPError
 from gateway.context import Decision
 from gateway.errors import ServiceUnavailable
 from gateway.settings import PDPSettings
 
 REASON_UNAVAILABLE = "pdp_unavailable"
-
-
-class _Undefined:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "UNDEFINED"
-
-
-UNDEFINED: Final = _Undefined()
-"""The decision document does not exist for this input (OPA: no ``result`` key)."""
-
-
-_PATH_SEGMENT = re.compile(r"[A-Za-z0-9_]+")
-
-
-def decision_ref(decision: str) -> tuple[str, ...]:
-    """``agentgate/authz/decision`` (slashes or dots) -> ``("agentgate", "authz", "decision")``."""
-    segments = tuple(re.split(r"[/.]", decision.strip("/")))
-    if not all(_PATH_SEGMENT.fullmatch(s) for s in segments):
-        raise ValueError(f"invalid decision path {decision!r}")
-    return segments
-
-
-class PDPError(Exception):
-    """The engine gave no usable answer. The message is for logs, never for callers."""
-
-
-class PolicyLoadError(Exception):
-    """The policies or data could not be loaded or compiled.
-
-    ``problems`` holds ``(where, message)`` pairs, ``where`` being ``file:line``, a file, or
-    empty; :meth:`lines` renders them one per line, as config errors are.
-    """
-
-    def __init__(self, problems: str | Sequence[tuple[str, str]]) -> None:
-        self.problems = [("", problems)] if isinstance(problems, str) else list(problems)
-        super().__init__("; ".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        return [f"{where}: {message}" if where else message for where, message in self.problems]
-
-
-class PDP(Protocol):
-    name: str
-    generation: int  # bumped whenever the engine's policy or data changed
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def evaluate(self, input: dict[str, Any]) -> tuple[object, str]: ...
-
-    def ready(self) -> bool: ...
 
 
 class PolicyDecisionPoint:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.authz.engine import PDPError, decision_ref
+from gateway.authz.pdp import PDPError, decision_ref
 
 _PACKAGE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
 

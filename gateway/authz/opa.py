@@ -45,7 +45,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.authz.engine import UNDEFINED, PDPError, decision_ref
+from gateway.authz.pdp import UNDEFINED, PDPError, decision_ref
 from gateway.net.outbound import client_session
 
 log = logging.getLogger("agentgate.authz")

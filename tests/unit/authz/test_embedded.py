@@ -17,7 +17,7 @@ import pytest
 import regopy
 
 from gateway.authz.embedded import EmbeddedPDP, PolicyLoadError, input_paths, project
-from gateway.authz.engine import UNDEFINED, PDPError
+from gateway.authz.pdp import UNDEFINED, PDPError
 
 REPO = Path(__file__).resolve().parents[3]
 POLICIES = REPO / "policies"

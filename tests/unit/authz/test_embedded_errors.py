@@ -13,7 +13,8 @@ import pytest
 
 from gateway.authz.decision_log import DecisionLog
 from gateway.authz.embedded import EmbeddedPDP
-from gateway.authz.engine import PDPError, PolicyDecisionPoint
+from gateway.authz.engine import PolicyDecisionPoint
+from gateway.authz.pdp import PDPError
 from gateway.errors import ServiceUnavailable
 
 CONFLICT = """package agentgate.authz

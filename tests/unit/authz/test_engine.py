@@ -17,14 +17,9 @@ import pytest
 from gateway.authz.cache import DecisionCache
 from gateway.authz.decision_log import DecisionLog
 from gateway.authz.embedded import EmbeddedPDP
-from gateway.authz.engine import (
-    UNDEFINED,
-    PDPError,
-    PolicyDecisionPoint,
-    build_pdp,
-    decision_ref,
-)
+from gateway.authz.engine import PolicyDecisionPoint, build_pdp
 from gateway.authz.opa import OPAClient
+from gateway.authz.pdp import UNDEFINED, PDPError, decision_ref
 from gateway.errors import ServiceUnavailable
 from gateway.settings import PDPSettings
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.authz.engine import PolicyLoadError
 from gateway.authz.explain import explain
+from gateway.authz.pdp import PolicyLoadError
 from gateway.cli import main
 from tests.support import ROOT, require_real
 
