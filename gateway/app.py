@@ -43,6 +43,7 @@ from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
+from gateway.routing import RouteTable
 from gateway.settings import Settings, TLSSettings, load_settings, split_listen
 from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
@@ -51,7 +52,6 @@ from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
 from gateway.tokens.kit import TokenKit
 from gateway.tokens.service import TOKEN_PATH, ExchangeRequest, make_token_handler
 from gateway.upstream.forward import Forwarder, route_budget
-from gateway.upstream.routes import RouteTable
 
 log = logging.getLogger("agentgate")
 

@@ -47,6 +47,7 @@ from gateway.observability.behavior import BehaviorStore, agent_key
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import ServerSpan, Tracing
 from gateway.render import REQUEST_ID, error_response
+from gateway.routing import CompiledRoute, RouteTable
 from gateway.settings import RateLimit, TelemetrySettings
 from gateway.state import State
 from gateway.state.ratelimit import enforce, obligation_limit, split
@@ -54,7 +55,6 @@ from gateway.state.revocation import Revoked, identifiers
 from gateway.upstream.forward import STREAM_CUT, Forwarder, is_websocket_upgrade
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
 from gateway.upstream.paths import drop_query_params, normalize_path
-from gateway.upstream.routes import CompiledRoute, RouteTable
 
 log = logging.getLogger("agentgate.pipeline")
 

@@ -59,6 +59,7 @@ from gateway.authn.mtls import MTLSAuthenticator
 from gateway.authn.txn_token import TxnTokenAuthenticator
 from gateway.context import CallerType, Identity, Mode, Principal, RequestFacts
 from gateway.errors import GatewayError, Unauthorized
+from gateway.routing import CompiledRoute
 from gateway.sdk.txn import TxnTokenVerifier
 from gateway.settings import (
     APIKeyMethod,
@@ -74,7 +75,6 @@ from gateway.settings import (
     tree_node,
 )
 from gateway.state import ReplayCache
-from gateway.upstream.routes import CompiledRoute
 
 # Which success becomes the subject when several methods succeed: the most specific
 # statement about *who* is asking comes first; the transport identity comes last.

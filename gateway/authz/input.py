@@ -54,7 +54,7 @@ from urllib.parse import parse_qs
 from gateway.context import Identity, Peer, Principal, RequestFacts
 
 if TYPE_CHECKING:  # typing only: stage packages do not import each other at run time
-    from gateway.upstream.routes import CompiledRoute
+    from gateway.routing import CompiledRoute
 
 EXTERNAL_SEGMENT = "external"
 

@@ -15,8 +15,8 @@ from yarl import URL
 from gateway.authn.txn_token import principal_from_claims as txn_principal
 from gateway.authz.input import build_input, policy_headers, query_params
 from gateway.context import Actor, Identity, Peer, Principal, RequestFacts
+from gateway.routing import CompiledRoute
 from gateway.settings import Route, RouteMatch
-from gateway.upstream.routes import CompiledRoute
 
 # 2026-01-01T10:00:00Z
 TIME_NS = 1_767_261_600_000_000_000

@@ -9,6 +9,10 @@ Hosts compare case-insensitively with any ``:port`` removed.
 ``RouteTable.match`` raises :class:`gateway.errors.NotFound` when nothing fits, or
 :class:`gateway.errors.MethodNotAllowed` (405, with ``Allow``) when routes fit the host and
 path but not the method; no other stage runs for such a request.
+
+Routing sits beside :mod:`gateway.context` rather than in a stage package: it runs before
+every stage, and every stage reads the :class:`CompiledRoute` it produced, while stages never
+import each other.
 """
 
 from __future__ import annotations

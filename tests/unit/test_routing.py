@@ -1,4 +1,4 @@
-"""gateway.upstream.routes: first-match routing and the upstream URL (DESIGN.md §4, §6)."""
+"""gateway.routing: first-match routing and the upstream URL (DESIGN.md §4, §6)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import MethodNotAllowed, NotFound
+from gateway.routing import RouteTable
 from gateway.settings import Route
-from gateway.upstream.routes import RouteTable
 
 
 def route(name: str, upstream: str = "http://127.0.0.1:9001", **fields: Any) -> Route:
