@@ -12,7 +12,7 @@ This module holds what every backend shares: input validation
 lookups (:class:`RevocationIndex`), the ``memory`` store, and
 :func:`identifiers`, which picks the values to check out of the verified request
 context. The ``redis`` store keeps a local :class:`RevocationIndex` replica in sync
-(``gateway.state.redis``).
+(``gateway.state.redis.revocation``).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient
 from gateway.admin_api import admin_routes
 from gateway.settings import Secret, StateSettings
 from gateway.state import StateUnavailable
-from gateway.state.redis import RedisState
+from gateway.state.redis import RedisBehaviorStore, RedisState
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -219,6 +219,73 @@ async def test_bucket_script_survives_script_flush(
     verdict = await state.limiter.hit("k", 1.0, 2)  # NOSCRIPT -> EVAL fallback
     assert verdict.allowed
     assert verdict.remaining == 0
+
+
+async def _bucket(state: RedisState) -> object:
+    return (await state.limiter.hit("flush", 1.0, 5)).remaining
+
+
+async def _revoke(state: RedisState) -> object:
+    return (await state.revocations.revoke("jti", "jti-flush", ttl_s=60)).value
+
+
+async def _unrevoke(state: RedisState) -> object:
+    await state.revocations.revoke("txn", "txn-flush", ttl_s=60)
+    return await state.revocations.delete("txn", "txn-flush")
+
+
+async def _behaviour(state: RedisState) -> object:
+    store = RedisBehaviorStore(state.link, "flush:", window_s=60.0)
+    await store.record("spiffe://example.org/agent/a", route="r", status=200, denied=False)
+    return (await store.snapshot("spiffe://example.org/agent/a"))["requests"]
+
+
+SCRIPT_CALLS: list[tuple[Callable[[RedisState], Awaitable[object]], object, object]] = [
+    (_bucket, 4, 3),  # (call, result before the flush, result after it)
+    (_revoke, "jti-flush", "jti-flush"),
+    (_unrevoke, True, True),
+    (_behaviour, 1, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("call", "before", "after"), SCRIPT_CALLS, ids=["bucket", "revoke", "unrevoke", "behaviour"]
+)
+async def test_every_script_survives_script_flush_by_evalsha_reload(
+    make_state: StateMaker,
+    redis_server: RedisServer,
+    call: Callable[[RedisState], Awaitable[object]],
+    before: object,
+    after: object,
+) -> None:
+    state = await make_state()
+    assert await call(state) == before
+    client = await raw_client(redis_server)
+    await client.script_flush()  # what a restarted Redis forgets
+    await client.config_resetstat()
+    try:
+        assert await call(state) == after  # NOSCRIPT -> SCRIPT LOAD -> EVALSHA, same budget
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    # register_script() objects run by SHA; the source is sent by SCRIPT LOAD, never EVAL.
+    assert stats["cmdstat_evalsha"]["calls"] >= 2
+    assert "cmdstat_eval" not in stats
+
+
+async def test_restore_script_survives_flushall_and_script_flush(
+    make_state: StateMaker, redis_server: RedisServer
+) -> None:
+    state = await make_state()
+    await state.revocations.revoke("subject", "alice", ttl_s=60, reason="flush")
+    client = await raw_client(redis_server)
+    await client.flushall()  # Redis lost its data and its scripts: a restart without persistence
+    await client.script_flush()
+    await client.aclose()
+    await state.store.sync()  # the replica is written back by the RESTORE script
+    assert [(r.kind, r.value, r.reason) for r in await state.revocations.list()] == [
+        ("subject", "alice", "flush")
+    ]
 
 
 # --------------------------------------------------------------------------- outages
