@@ -14,18 +14,25 @@ produce its credential: a missing or unreadable secret, a token endpoint that
 is down, slow or answering garbage. It never falls back to passthrough or to
 no credential. Inbound credentials have already been stripped by the pipeline,
 so exactly one credential reaches the upstream.
+
+One module per converter, named after its config ``type`` (``api_key.py`` for
+``type: api_key``), each declaring a :class:`Registration`; :mod:`.registry` is the
+table of them and :mod:`.manager` builds each route's converters from it.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from multidict import CIMultiDict
+from pydantic import BaseModel
 from yarl import URL
 
 from gateway.context import Identity, RequestFacts
+from gateway.settings import UpstreamTLS
 
 
 @dataclass(slots=True)
@@ -58,3 +65,33 @@ class Converter(Protocol):
     async def close(self) -> None: ...
 
     async def apply(self, out: Outbound, ctx: ConvertContext) -> None: ...
+
+
+class NoLifecycle:
+    """For converters with nothing to open or close."""
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a converter may need beyond its own config, from the route and the gateway."""
+
+    txn_header: str | None  # ``txn_tokens.header`` when the gateway mints, else None
+    upstream_tls: UpstreamTLS | None = None
+
+
+C = TypeVar("C", bound=BaseModel)
+
+
+@dataclass(frozen=True, slots=True)
+class Registration(Generic[C]):
+    """One converter: its id (= config ``type`` = module name), config model and factory."""
+
+    id: str
+    config: type[C]
+    build: Callable[[str, C, BuildContext], Converter]

@@ -6,38 +6,21 @@ decision may name one of the route's ``credentials`` alternatives (or
 ``default``); a name the route does not list is refused (403
 ``credential_not_allowed``): the policy may choose among what the operator
 allowed, never invent a credential.
+
+Each credential is built by the converter registered for its ``type``
+(:mod:`gateway.credentials.registry`); a type without one is a configuration error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.credentials import Converter
-from gateway.credentials.hmac_sign import HMACSignConverter
-from gateway.credentials.keyed import MTLSConverter, SignedJWTConverter
-from gateway.credentials.oauth import ClientCredentialsConverter, TokenExchangeConverter
-from gateway.credentials.static import (
-    APIKeyConverter,
-    BasicConverter,
-    BearerStaticConverter,
-    NoConverter,
-    TxnTokenConverter,
-)
+from gateway.credentials import BuildContext, Converter
+from gateway.credentials.none import NoneConverter
+from gateway.credentials.registry import build
+from gateway.credentials.txn_token import TxnTokenConverter
 from gateway.errors import Forbidden, ServiceUnavailable
-from gateway.settings import (
-    APIKeyCredential,
-    BasicCredential,
-    BearerStaticCredential,
-    CredentialSettings,
-    HMACSignCredential,
-    MTLSCredential,
-    OAuthClientCredentials,
-    Route,
-    SignedJWTCredential,
-    TokenExchangeCredential,
-    TxnTokenCredential,
-    UpstreamTLS,
-)
+from gateway.settings import CredentialSettings, Route, UpstreamTLS
 
 DEFAULT = "default"
 
@@ -47,46 +30,40 @@ def build_converter(
     cfg: CredentialSettings,
     txn_header: str | None,
     upstream_tls: UpstreamTLS | None = None,
+    *,
+    where: str = "credential",
 ) -> Converter:
-    if isinstance(cfg, TxnTokenCredential):
-        if txn_header is None:
-            raise ValueError("credential type txn_token needs the txn_tokens section")
-        return TxnTokenConverter(name, txn_header)
-    if isinstance(cfg, APIKeyCredential):
-        return APIKeyConverter(name, cfg)
-    if isinstance(cfg, BasicCredential):
-        return BasicConverter(name, cfg)
-    if isinstance(cfg, BearerStaticCredential):
-        return BearerStaticConverter(name, cfg)
-    if isinstance(cfg, OAuthClientCredentials):
-        return ClientCredentialsConverter(name, cfg)
-    if isinstance(cfg, TokenExchangeCredential):
-        return TokenExchangeConverter(name, cfg)
-    if isinstance(cfg, MTLSCredential):
-        return MTLSConverter(name, cfg, upstream_tls)
-    if isinstance(cfg, HMACSignCredential):
-        return HMACSignConverter(name, cfg)
-    if isinstance(cfg, SignedJWTCredential):
-        return SignedJWTConverter(name, cfg)
-    return NoConverter(name)
+    """The converter registered for ``cfg.type`` (:mod:`.registry`); ValueError if none."""
+    return build(name, cfg, BuildContext(txn_header, upstream_tls), where=where)
 
 
 class CredentialManager:
     def __init__(self, routes: Sequence[Route], *, txn_header: str | None) -> None:
         self._routes: dict[str, dict[str, Converter]] = {}
-        for route in routes:
+        for index, route in enumerate(routes):
             table: dict[str, Converter] = {}
             if route.credential is not None:
                 table[DEFAULT] = build_converter(
-                    DEFAULT, route.credential, txn_header, route.upstream_tls
+                    DEFAULT,
+                    route.credential,
+                    txn_header,
+                    route.upstream_tls,
+                    where=f"routes.{index}.credential",
                 )
             elif txn_header is not None and route.authn is not None:
                 # A public route (no authn) never has a Txn-Token to send.
                 table[DEFAULT] = TxnTokenConverter(DEFAULT, txn_header)
             else:
-                table[DEFAULT] = NoConverter(DEFAULT)
+                # The documented default, not a fallback: nothing to send.
+                table[DEFAULT] = NoneConverter(DEFAULT)
             for alt, cfg in route.credentials.items():
-                table[alt] = build_converter(alt, cfg, txn_header, route.upstream_tls)
+                table[alt] = build_converter(
+                    alt,
+                    cfg,
+                    txn_header,
+                    route.upstream_tls,
+                    where=f"routes.{index}.credentials.{alt}",
+                )
             self._routes[route.name] = table
 
     def all(self) -> list[Converter]:

@@ -1,7 +1,8 @@
-"""Fuzz gateway.authn.hmac_signature: RFC 8941 dictionaries and RFC 9421 verification.
+"""Fuzz gateway.httpsig (RFC 8941 dictionaries) and gateway.authn.hmac_signature (RFC 9421).
 
-Documented errors: :func:`parse_dictionary` raises only :class:`SFError`;
-:func:`parse_signature_fields` only ``BadRequest`` (400) or ``Unauthorized`` (401);
+Documented errors: :func:`gateway.httpsig.sfv.parse_dictionary` raises only :class:`SFError`;
+:func:`gateway.httpsig.parse_signature_fields` only ``MalformedSignature`` (a 400) or
+``InvalidSignature`` (a 401);
 :meth:`HMACSignatureAuthenticator.authenticate` only those two, ``PayloadTooLarge`` (413) and
 ``ServiceUnavailable`` (503, a replay store that fails: not the memory one used here).
 
@@ -33,22 +34,22 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from gateway.authn.hmac_signature import (
+from gateway.authn.hmac_signature import HMACSignatureAuthenticator
+from gateway.context import Principal, RequestFacts
+from gateway.errors import BadRequest, Unauthorized
+from gateway.httpsig import InvalidSignature, MalformedSignature, parse_signature_fields
+from gateway.httpsig.sfv import (
     BareItem,
-    HMACSignatureAuthenticator,
     InnerList,
     Item,
     Params,
     SFError,
     Token,
     parse_dictionary,
-    parse_signature_fields,
     serialize_bare,
     serialize_inner_list,
     serialize_params,
 )
-from gateway.context import Principal, RequestFacts
-from gateway.errors import BadRequest, Unauthorized
 from gateway.settings import HMACMethod
 from gateway.state.memory import MemoryReplayCache
 from tests.fuzz.strategies import fuzz, mostly, mutated_text, structured_paths
@@ -88,7 +89,7 @@ dictionaries = st.dictionaries(keys, items | inner_lists, max_size=4)
 
 
 def serialize_dictionary(value: dict[str, Item | InnerList]) -> str:
-    """RFC 8941 §4.1.2 (the module has no dictionary serialiser: it never writes one)."""
+    """RFC 8941 §4.1.2, written here from the RFC, apart from ``sfv.serialize_dictionary``."""
     members = []
     for key, member in value.items():
         if isinstance(member, InnerList):
@@ -387,7 +388,7 @@ def test_signed_requests(keys_file: Path, run: Any, case: dict[str, Any]) -> Non
 def test_parse_signature_fields(inputs: list[str], signatures: list[str]) -> None:
     try:
         parsed = parse_signature_fields(inputs, signatures)
-    except (BadRequest, Unauthorized):
+    except (MalformedSignature, InvalidSignature):
         return
     assert isinstance(parsed.params["keyid"], str)
     assert len(set(parsed.covered)) == len(parsed.covered)

@@ -1,4 +1,4 @@
-"""Fuzz gateway.httpsig (the outbound RFC 9421 signer) against the inbound verifier.
+"""Fuzz the outbound RFC 9421 signer (gateway.httpsig via hmac_sign) against the verifier.
 
 Properties:
 
@@ -28,17 +28,13 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.authn.hmac_signature import (
-    HMACSignatureAuthenticator,
-    InnerList,
-    SFError,
-    parse_dictionary,
-)
+from gateway.authn.hmac_signature import HMACSignatureAuthenticator
 from gateway.context import RequestFacts
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.hmac_sign import COMPONENTS, HMACSignConverter
 from gateway.errors import ConfigError, GatewayError, InvalidPath
-from gateway.httpsig import signature_params
+from gateway.httpsig.fields import signature_params
+from gateway.httpsig.sfv import InnerList, SFError, parse_dictionary, serialize_inner_list
 from gateway.settings import HMACMethod, HMACSignCredential, parse_settings
 from gateway.upstream.paths import normalize_path
 from tests.fuzz.strategies import fuzz, structured_paths
@@ -97,7 +93,9 @@ def test_configured_key_id_and_label_serialise(folder: Path, key_id: str, label:
         event("refused")
         return
     event("accepted")
-    params = signature_params(COMPONENTS, created=1_767_225_600, keyid=cred.key_id)
+    params = serialize_inner_list(
+        signature_params(COMPONENTS, created=1_767_225_600, keyid=cred.key_id, alg="hmac-sha256")
+    )
     try:
         parsed = parse_dictionary(f"{cred.label}={params}")
     except SFError as exc:

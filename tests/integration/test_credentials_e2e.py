@@ -48,6 +48,7 @@ from gateway.app import Gateway
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.hmac_sign import HMACSignConverter
 from gateway.httpsig import signature_base
+from gateway.httpsig.sfv import InnerList, parse_dictionary, serialize_inner_list
 from gateway.settings import HMACSignCredential, Secret, parse_settings
 from tests.integration.conftest import BASE_SERVER, merge
 from tests.keycloak_server import Keycloak, start_keycloak
@@ -341,7 +342,10 @@ def verify_hmac_signature(hit: Hit, secret: bytes, *, key_id: str, label: str = 
         "@path": path,
         "@query": "?" + query,
     }
-    base = signature_base(components, component_values.__getitem__, m_in["params"])
+    inner = parse_dictionary(inputs[0])[label]
+    assert isinstance(inner, InnerList)
+    assert serialize_inner_list(inner) == m_in["params"]  # the signer wrote the canonical form
+    base = signature_base(inner, component_values.__getitem__)
     expected = hmac.new(secret, base, hashlib.sha256).digest()
     assert hmac.compare_digest(base64.b64decode(m_sig["b64"]), expected), base
     return int(params["created"])

@@ -21,7 +21,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.credentials import ConvertContext, Outbound
-from gateway.credentials.oauth import ClientCredentialsConverter, TokenExchangeConverter
+from gateway.credentials.oauth_client_credentials import ClientCredentialsConverter
+from gateway.credentials.token_exchange import TokenExchangeConverter
 from gateway.errors import ServiceUnavailable
 from gateway.settings import (
     OAuthClientCredentials,
