@@ -34,7 +34,7 @@ Record schema, version 1: every key is always present, in this order; ``null`` w
 | `status`         | int          | status sent to the caller                                      |
 | `latency_ms`     | number       | gateway handling time in ms (3 decimals)                       |
 | `decision`       | string       | `allow`/`deny`: PDP verdict; with none, `allow` iff forwarded  |
-| `reason`         | string       | stable reason code: `ok`, `authn_missing`, `policy_denied`...  |
+| `reason`         | string       | stable reason code (`Reason`): `ok`, `authn_missing`...        |
 | `policy_reason`  | string/null  | the decision's `reason` (internal; never sent to the caller)   |
 | `principal`      | object/null  | `{"id", "type", "issuer", "client_id"}` of the subject         |
 | `actors`         | array        | delegation chain `[{"sub", "iss"}]`, current actor first       |
@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypedDict
 
 from gateway.context import Decision, Identity, RequestFacts
+from gateway.errors import Reason
 from gateway.private_files import open_private_append
 from gateway.settings import TelemetrySettings
 
@@ -143,7 +144,8 @@ class AuditRecord:
         facts: RequestFacts | None = event.get("facts")
         identity: Identity | None = event.get("identity")
         decision: Decision | None = event.get("decision")
-        reason = str(event.get("reason") or "internal_error")
+        # str(): a Reason member is written as its bare value, like a code given as a literal.
+        reason = str(event.get("reason") or Reason.INTERNAL_ERROR)
         if decision is not None:
             verdict = "allow" if decision.allow else "deny"
         else:

@@ -3,8 +3,8 @@
 Each :class:`Metrics` owns its own registry, so several gateways (tests, the
 demo) can live in one process. Labels are bounded by configuration: route
 names, issuer names, HTTP status codes, pipeline stage names and the stable
-reason codes of ``gateway.errors``; never a subject, agent, path, address or
-token (unbounded cardinality, and private).
+reason codes of :class:`gateway.errors.Reason`; never a subject, agent, path,
+address or token (unbounded cardinality, and private).
 
 | metric                                | type      | labels                | recorded by         |
 |---------------------------------------|-----------|-----------------------|---------------------|
@@ -29,6 +29,8 @@ token (unbounded cardinality, and private).
 ``upstream_cut`` (the body broke off after the response head was relayed).
 (6) ``AuditSink(on_drop=metrics.audit_dropped)``.
 (7) ``max_connections`` (answered 503), ``max_connections_overflow`` (closed on accept).
+``agentgate_tls_handshake_failures``: :data:`TLS_HANDSHAKE_REASONS`, and ``bad_svid`` /
+``expired`` for a certificate refused after the handshake.
 
 A stage name outside :data:`STAGE_LABELS` is recorded as ``other`` so a typo can
 never create a new series per request.
@@ -49,6 +51,8 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.errors import Reason
 
 # The *_created series double every counter's output for no use to a scraper.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -92,6 +96,21 @@ STAGE_LABELS = frozenset(
     {"observe", "route", "authenticate", "enrich", "decide", "mint", "convert", "forward"}
 )
 PDP_OUTCOMES = frozenset({"allow", "deny", "error"})
+# What gateway.net.tls_acceptor.refusal_reason answers for a failed handshake, in the order
+# the help text of agentgate_tls_handshake_failures lists them.
+TLS_HANDSHAKE_REASONS = (
+    Reason.NO_CLIENT_CERT,
+    Reason.UNKNOWN_CA,
+    Reason.EXPIRED,
+    Reason.NOT_YET_VALID,
+    Reason.REVOKED,
+    Reason.BAD_CERTIFICATE,
+    Reason.PROTOCOL,
+    Reason.NOT_TLS,
+    Reason.TIMEOUT,
+    Reason.CLOSED,
+    Reason.OTHER,
+)
 
 
 class Metrics:
@@ -141,9 +160,8 @@ class Metrics:
         )
         self.tls_refusals = Counter(
             "agentgate_tls_handshake_failures",
-            "TLS handshakes the main listener refused, by reason (no_client_cert, unknown_ca,"
-            " expired, not_yet_valid, revoked, bad_certificate, protocol, not_tls, timeout,"
-            " closed, other).",
+            f"TLS handshakes the main listener refused, by reason"
+            f" ({', '.join(TLS_HANDSHAKE_REASONS)}).",
             ("reason",),
             registry=r,
         )

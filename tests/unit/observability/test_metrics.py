@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.observability.metrics import Metrics
+from gateway.net.tls_acceptor import _OPENSSL_REASONS, _VERIFY_REASONS, refusal_reason
+from gateway.observability.metrics import TLS_HANDSHAKE_REASONS, Metrics
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -124,3 +126,50 @@ def test_stage_histogram_has_sub_millisecond_buckets() -> None:
     assert not got[
         ("agentgate_stage_duration_seconds_bucket", (("le", "0.0001"), ("stage", "mint")))
     ]
+
+
+def _ssl_error(code: str) -> ssl.SSLError:
+    exc = ssl.SSLError(1, code)
+    exc.reason = code
+    return exc
+
+
+def _verify_error(message: str) -> ssl.SSLCertVerificationError:
+    exc = ssl.SSLCertVerificationError(1, message)
+    exc.verify_message, exc.reason = message, "CERTIFICATE_VERIFY_FAILED"
+    return exc
+
+
+# One failed handshake per reason refusal_reason can answer (and two it folds).
+_HANDSHAKES = [
+    pytest.param(TimeoutError(), "timeout", id="timeout"),
+    pytest.param(_ssl_error("PEER_DID_NOT_RETURN_A_CERTIFICATE"), "no_client_cert", id="no-cert"),
+    pytest.param(_verify_error("unable to get local issuer certificate"), "unknown_ca", id="ca"),
+    pytest.param(_verify_error("certificate has expired"), "expired", id="expired"),
+    pytest.param(_verify_error("certificate is not yet valid"), "not_yet_valid", id="not-yet"),
+    pytest.param(_verify_error("certificate revoked"), "revoked", id="revoked"),
+    pytest.param(_verify_error("invalid CA certificate"), "bad_certificate", id="bad-cert"),
+    pytest.param(_ssl_error("NO_SHARED_CIPHER"), "protocol", id="protocol"),
+    pytest.param(_ssl_error("HTTP_REQUEST"), "not_tls", id="not-tls"),
+    pytest.param(ConnectionResetError(), "closed", id="closed"),
+    pytest.param(_ssl_error("SOMETHING_NEW"), "other", id="other-ssl"),
+    pytest.param(ValueError(), "other", id="other"),
+]
+
+
+@pytest.mark.parametrize(("exc", "reason"), _HANDSHAKES)
+def test_tls_handshake_reasons_are_the_listed_ones(exc: BaseException, reason: str) -> None:
+    assert refusal_reason(exc)[0] == reason
+    assert reason in TLS_HANDSHAKE_REASONS
+
+
+def test_tls_handshake_reasons_cover_the_acceptor_tables_and_keep_the_help_text() -> None:
+    tables = {r for _, r in _VERIFY_REASONS} | set(_OPENSSL_REASONS.values())
+    assert tables <= set(TLS_HANDSHAKE_REASONS)
+    assert {reason for _, reason in (p.values for p in _HANDSHAKES)} == set(TLS_HANDSHAKE_REASONS)
+    # The help text as it was before the list became Reason members (byte for byte).
+    assert (
+        "# HELP agentgate_tls_handshake_failures_total TLS handshakes the main listener refused,"
+        " by reason (no_client_cert, unknown_ca, expired, not_yet_valid, revoked,"
+        " bad_certificate, protocol, not_tls, timeout, closed, other).\n"
+    ) in Metrics().render().decode()
