@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from aiohttp import web
+from multidict import CIMultiDictProxy, MultiMapping
 
 SubjectType = Literal["user", "agent", "service", "device"]
 CallerType = Literal["human_browser", "human_api", "agent", "device"]
@@ -84,6 +84,26 @@ class Principal:
     transaction: Mapping[str, Any] | None = None
 
 
+class VerifiedToken:
+    """A verified credential that a later stage must present again (token exchange).
+
+    The value is reachable only through :meth:`reveal`; ``repr``/``str`` never show it.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "VerifiedToken(<redacted>)"
+
+    __str__ = __repr__
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     """Everything authentication established for one request (DESIGN.md §7 ``authn``).
@@ -98,10 +118,22 @@ class Identity:
     results: Mapping[str, Principal]
     caller: CallerType
     mode: Mode
+    # Whether the primary credential carries OAuth scopes (a token's ``scope``): a policy
+    # may then only narrow them. Credentials without the notion (a key, a certificate) do not.
+    scoped: bool = False
+    # The verified inbound access token, kept only for an RFC 8693 exchange converter; its
+    # repr never shows it.
+    exchange_token: VerifiedToken | None = field(default=None, compare=False)
 
     @property
     def methods(self) -> tuple[str, ...]:
         return tuple(self.results)
+
+    @property
+    def continued_txn(self) -> str | None:
+        """The ``txn`` an east-west hop continues (a Txn-Token is the primary credential)."""
+        transaction = self.principal.transaction
+        return None if transaction is None else str(transaction["id"])
 
     @property
     def sender_constrained(self) -> SenderConstraint:
@@ -144,7 +176,50 @@ class Decision:
     obligations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
 
-# A stage that had to read the whole request body (e.g. to check Content-Digest
-# for an HTTP message signature) stores it under this request key, bounded by
-# ``max_body_bytes``; the forwarder then sends these bytes instead of the stream.
-BUFFERED_BODY_KEY = web.RequestKey("agentgate.buffered_body", bytes)
+class Body(Protocol):
+    """The inbound request body, read at most once and bounded (:mod:`gateway.protocols.body`).
+
+    A stage that needs the bytes (an HTTP message signature's Content-Digest, a form that may
+    carry a token, later a JSON-RPC envelope) calls :meth:`read`; the forwarder then sends
+    :attr:`buffered` instead of the stream. Nobody else touches the raw stream.
+    """
+
+    @property
+    def exists(self) -> bool: ...
+
+    @property
+    def declared_length(self) -> int | None: ...
+
+    @property
+    def buffered(self) -> bytes | None: ...
+
+    async def read(self) -> bytes:
+        """All of the body; raises 413 past ``max_body_bytes`` (declared or streamed)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What the authentication methods see of the request: never the aiohttp request."""
+
+    method: str
+    raw_path: str  # the request target exactly as received (RFC 9421 @request-target)
+    headers: CIMultiDictProxy[str]
+    query: MultiMapping[str]
+    body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class Enrichment:
+    """What the ``enrich`` stage adds to the policy input, beside the request and identity.
+
+    ``agent`` is the key behaviour is recorded under (None: not an agent); ``behavior`` its
+    sliding-window snapshot (``input.behavior``). Registry records, MCP and workflow facts
+    join here.
+    """
+
+    agent: str | None = None
+    behavior: Mapping[str, Any] | None = None
+
+
+NO_ENRICHMENT = Enrichment()

@@ -7,10 +7,19 @@ either returns the value the next stage needs or raises a
 
     observe      sanitise + normalise the path once + enforce header limits and a
                  declared body size (413 on Content-Length alone)
-    route        first matching route, or 404 (nothing else runs)
+    route        first matching route, or 404 (nothing else runs)  (gateway.routing)
+    limits       client/route rate limits                  (gateway.limits)
     authenticate the route's AND/OR tree of methods        (gateway.authn)
+    screen       revocation, then subject/agent rate limits
+    enrich       behaviour (later registry, MCP, workflow facts)  (gateway.enrich)
     decide       the PDP, fail closed                      (gateway.authz)
-    forward      stream to the upstream, no redirects followed
+    obligations  the decision's rate limit                 (gateway.limits)
+    mint         the downscoped Txn-Token                  (gateway.tokens)
+    forward      convert the credential, stream to the upstream, no redirects followed
+                                                           (gateway.credentials, gateway.upstream)
+
+Stages see an :class:`gateway.context.Inbound` (headers, query, the bounded body of
+:mod:`gateway.protocols.body`), never the aiohttp request; only the forwarder streams it.
 
 Every response carries ``X-Request-Id`` and is counted in the metrics.
 """
@@ -29,9 +38,10 @@ from multidict import CIMultiDict
 
 from gateway.authz.engine import PolicyDecisionPoint
 from gateway.authz.input import build_input, policy_headers, query_params
-from gateway.context import Decision, Identity, RequestFacts
+from gateway.context import NO_ENRICHMENT, Decision, Enrichment, Identity, Inbound, RequestFacts
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.manager import CredentialManager
+from gateway.enrich.behavior import BehaviorEnricher
 from gateway.errors import (
     BadRequest,
     Forbidden,
@@ -40,17 +50,18 @@ from gateway.errors import (
     PayloadTooLarge,
     Unauthorized,
 )
+from gateway.limits.stage import LimitsStage
 from gateway.net.listener import GatewayRequestHandler
 from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
-from gateway.observability.behavior import BehaviorStore, agent_key
+from gateway.observability.behavior import BehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import ServerSpan, Tracing
+from gateway.protocols.body import RequestBody
 from gateway.render import REQUEST_ID, error_response
 from gateway.routing import CompiledRoute, RouteTable
-from gateway.settings import RateLimit, TelemetrySettings
+from gateway.settings import TelemetrySettings
 from gateway.state import State
-from gateway.state.ratelimit import enforce, obligation_limit, split
 from gateway.state.revocation import Revoked, identifiers
 from gateway.upstream.forward import STREAM_CUT, Forwarder, is_websocket_upgrade
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
@@ -77,22 +88,10 @@ class Minter(Protocol):
         ...
 
 
-def inbound_token(request: web.BaseRequest, identity: Identity | None) -> str | None:
-    """The verified inbound access token, for an RFC 8693 exchange converter only."""
-    if identity is None or not any(p.claims.get("iss") for p in identity.results.values()):
-        return None
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() in ("bearer", "dpop") else None
-
-
 class Authenticator(Protocol):
     async def authenticate(
-        self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
+        self, route: CompiledRoute, request: Inbound, facts: RequestFacts
     ) -> Identity: ...
-
-    def scoped(self, identity: Identity) -> bool:
-        """Whether the subject's credential carries scopes (a policy may then only narrow)."""
-        ...
 
 
 @dataclass(slots=True)
@@ -214,7 +213,8 @@ class Pipeline:
         self.behavior = behavior
         self.telemetry = telemetry
         self.trust_domain = trust_domain
-        self._limits = {r.name: split(r.settings.rate_limits) for r in routes}
+        self.limiter = LimitsStage(state.limiter, routes)
+        self.enricher = BehaviorEnricher(behavior) if behavior is not None else None
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Bookkeeping around :meth:`serve`: request id, span, metrics, audit, behaviour."""
@@ -273,14 +273,15 @@ class Pipeline:
                 reason="upgrade_not_allowed",
                 public="websocket upgrade not allowed on this route",
             )
-        pre, post = self._limits[route.name]
-        await enforce(self.state.limiter, route.name, pre, facts, None)
-        identity = trail.identity = await self.authenticate(route, request, facts)
-        await self.screen(route, facts, identity, post)
-        decision = await self.decide(route, request, facts, identity, trail)
-        await self.obey(route, facts, identity, decision)
+        inbound = self.inbound(request)
+        await self.limiter.before_authn(route, facts)
+        identity = trail.identity = await self.authenticate(route, inbound, facts)
+        await self.screen(route, facts, identity)
+        enrichment = await self.enrich(facts, identity, trail)
+        decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
+        await self.limiter.obligations(route, facts, identity, decision)
         txn_token = await self.mint(route, facts, identity, decision, trail)
-        response = await self.forward(request, facts, route, identity, decision, txn_token)
+        response = await self.forward(request, inbound, facts, route, identity, decision, txn_token)
         trail.forwarded = True
         return response
 
@@ -377,8 +378,13 @@ class Pipeline:
             time_ns=time.time_ns(),
         )
 
+    def inbound(self, request: web.BaseRequest) -> Inbound:
+        """The stages' view of the request; the body is read only if a stage asks for it."""
+        body = RequestBody(request, self.limits.max_body_bytes)
+        return Inbound(request.method, request.raw_path, request.headers, request.query, body)
+
     async def authenticate(
-        self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
+        self, route: CompiledRoute, request: Inbound, facts: RequestFacts
     ) -> Identity | None:
         with self.tracing.stage_span("authenticate", route=route.name) as stage:
             if route.settings.authn is None:
@@ -391,61 +397,46 @@ class Pipeline:
         return identity
 
     async def screen(
-        self,
-        route: CompiledRoute,
-        facts: RequestFacts,
-        identity: Identity | None,
-        limits: Sequence[RateLimit],
+        self, route: CompiledRoute, facts: RequestFacts, identity: Identity | None
     ) -> None:
         """Revocation (every route, so a revoked certificate is refused even on public
         routes), then the per-subject/per-agent rate limits. Neither reaches the PDP."""
         kind = await self.state.revocations.check(**identifiers(facts, identity))
         if kind is not None:
             raise Revoked(kind)
-        await enforce(self.state.limiter, route.name, limits, facts, identity)
+        await self.limiter.after_authn(route, facts, identity)
 
-    async def obey(
-        self,
-        route: CompiledRoute,
-        facts: RequestFacts,
-        identity: Identity | None,
-        decision: Decision | None,
-    ) -> None:
-        """Obligations of an allow decision that the gateway enforces (a rate limit)."""
-        if decision is None:
-            return
-        limit = obligation_limit(decision.obligations)
-        if limit is not None:
-            await enforce(self.state.limiter, route.name + "|obligation", (limit,), facts, identity)
+    async def enrich(
+        self, facts: RequestFacts, identity: Identity | None, trail: Trail
+    ) -> Enrichment:
+        """Policy input beyond the request (behaviour); only when a PDP will read it."""
+        if self.pdp is None or self.enricher is None:
+            return NO_ENRICHMENT
+        enrichment = await self.enricher.enrich(facts, identity)
+        trail.agent = enrichment.agent
+        return enrichment
 
     async def decide(
         self,
         route: CompiledRoute,
-        request: web.BaseRequest,
+        request: Inbound,
         facts: RequestFacts,
         identity: Identity | None,
+        enrichment: Enrichment,
         trail: Trail,
     ) -> Decision | None:
         if self.pdp is None:
             # No PDP configured: the operator runs the gateway as an authenticating proxy.
             return None
-        behavior = None
-        if self.behavior is not None:
-            trail.agent = agent_key(identity, facts.peer)
-            if trail.agent is not None:
-                behavior = await self.behavior.snapshot(trail.agent)
         document = build_input(
             facts,
             route,
             identity,
             policy_headers(request.headers, route.settings.policy_headers),
             query_params(facts.raw_query),
-            behavior=behavior,
+            behavior=enrichment.behavior,
         )
-        scopes: tuple[str, ...] | None = None
-        authenticator = self.authenticator
-        if identity is not None and authenticator is not None and authenticator.scoped(identity):
-            scopes = identity.principal.scopes
+        scopes = identity.principal.scopes if identity is not None and identity.scoped else None
         engine = self.pdp.engine.name
         with self.tracing.stage_span("decide", route=route.name) as stage:
             started = time.perf_counter()
@@ -485,6 +476,7 @@ class Pipeline:
     async def forward(
         self,
         request: web.BaseRequest,
+        inbound: Inbound,
         facts: RequestFacts,
         route: CompiledRoute,
         identity: Identity | None,
@@ -501,7 +493,9 @@ class Pipeline:
             headers[self.minter.header] = txn_token
         out = Outbound(request.method, route.upstream_url(facts.path, facts.raw_query), headers)
         converter = self.credentials.select(route.name, decision.credential if decision else None)
-        context = ConvertContext(facts, identity, txn_token, inbound_token(request, identity))
+        exchange = identity.exchange_token if identity is not None else None
+        token = exchange.reveal() if exchange is not None else None
+        context = ConvertContext(facts, identity, txn_token, token)
         with self.tracing.stage_span("convert", route=route.name):
             await converter.apply(out, context)
         with self.tracing.client_span(
@@ -528,6 +522,7 @@ class Pipeline:
                     ssl_context=out.ssl_context,
                     response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
                     scrub_query=out.scrub_query,
+                    buffered=inbound.body.buffered,
                 )
             except GatewayError as exc:
                 if exc.status in (502, 504):

@@ -30,6 +30,9 @@ import pytest
 import yaml
 from aiohttp import web
 
+from gateway.context import Inbound
+from gateway.protocols.body import RequestBody
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -582,3 +585,9 @@ class GatewayProcess:
             with contextlib.suppress(TimeoutError):
                 await self.wait(timeout=20)
         await self.kill()
+
+
+def inbound(request: web.BaseRequest, max_body_bytes: int = 10 * 1024 * 1024) -> Inbound:
+    """What the pipeline hands an authentication method for ``request`` (a mocked one too)."""
+    body = RequestBody(request, max_body_bytes)
+    return Inbound(request.method, request.raw_path, request.headers, request.query, body)

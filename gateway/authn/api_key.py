@@ -25,19 +25,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 from types import MappingProxyType
-
-from aiohttp import web
+from typing import ClassVar, Self
 
 from gateway.authn.base import invalid_request, invalid_token
 from gateway.authn.credfiles import APIKeyRecord, load_api_keys
-from gateway.context import Principal, RequestFacts
+from gateway.authn.registry import BuildEnv, register
+from gateway.context import Inbound, Principal, RequestFacts
 from gateway.settings import APIKeyMethod
 
 AMR = ("pwd",)  # RFC 8176 §2
 MAX_KEY_BYTES = 1024
 
 
+@register
 class APIKeyAuthenticator:
+    type_id: ClassVar[str] = "api_key"
+    config_model: ClassVar[type[APIKeyMethod]] = APIKeyMethod
+    primary_rank: ClassVar[int] = 4  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: APIKeyMethod, env: BuildEnv) -> Self:
+        return cls(name, cfg)
+
     def __init__(self, name: str, cfg: APIKeyMethod) -> None:
         self.name = name
         self._header = cfg.header
@@ -72,7 +82,7 @@ class APIKeyAuthenticator:
         """Query parameters that carry this method's credential; the pipeline removes them."""
         return (self._query_param,) if self._query_param else ()
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         values = list(request.headers.getall(self._header, ()))
         if self._query_param:
             values += request.query.getall(self._query_param, ())

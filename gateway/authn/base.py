@@ -20,9 +20,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from aiohttp import web
-
-from gateway.context import Principal, RequestFacts
+from gateway.context import Inbound, Principal, RequestFacts
 from gateway.errors import BadRequest, Unauthorized
 
 REALM = "agentgate"
@@ -39,9 +37,7 @@ class Method(Protocol):
         """The ``WWW-Authenticate`` challenge to offer when no credential was sent."""
         ...
 
-    async def authenticate(
-        self, request: web.BaseRequest, facts: RequestFacts
-    ) -> Principal | None: ...
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None: ...
 
 
 def _quote(value: str) -> str:
@@ -75,7 +71,7 @@ def invalid_request(description: str, *, scheme: str = "Bearer") -> BadRequest:
     )
 
 
-def authorization(request: web.BaseRequest) -> tuple[str, str] | None:
+def authorization(request: Inbound) -> tuple[str, str] | None:
     """The single ``Authorization`` header as (lowercased scheme, credentials), or None.
 
     Raises 400 ``invalid_request`` when the header is repeated (a token sent twice)

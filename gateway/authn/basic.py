@@ -39,15 +39,16 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
+from typing import ClassVar, Self
 
 import argon2
 import bcrypt
-from aiohttp import web
 
 from gateway.authn.base import authorization
 from gateway.authn.base import challenge as make_challenge
 from gateway.authn.credfiles import BasicUserRecord, hash_scheme, load_users
-from gateway.context import Principal, RequestFacts
+from gateway.authn.registry import BuildEnv, register
+from gateway.context import Inbound, Principal, RequestFacts
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
 from gateway.settings import BasicMethod
 
@@ -108,7 +109,17 @@ def dummy_hash_like(encoded: str | None) -> str:
     return argon2.PasswordHasher().hash(password)
 
 
+@register
 class BasicAuthenticator:
+    type_id: ClassVar[str] = "basic"
+    config_model: ClassVar[type[BasicMethod]] = BasicMethod
+    primary_rank: ClassVar[int] = 5  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: BasicMethod, env: BuildEnv) -> Self:
+        return cls(name, cfg)
+
     def __init__(
         self,
         name: str,
@@ -156,7 +167,7 @@ class BasicAuthenticator:
     def credential_query_params(self) -> tuple[str, ...]:
         return ()
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         parsed = authorization(request)
         if parsed is None or parsed[0] != "basic":
             return None

@@ -43,50 +43,27 @@ that off (the route's also turns off the defaults inside its tree).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
-from gateway.authn.api_key import APIKeyAuthenticator
 from gateway.authn.base import REALM, Method, challenge, invalid_token
-from gateway.authn.basic import BasicAuthenticator
-from gateway.authn.hmac_signature import HMACSignatureAuthenticator
-from gateway.authn.jwt_assertion import JWTAssertionAuthenticator
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
-from gateway.authn.mtls import MTLSAuthenticator
-from gateway.authn.txn_token import TxnTokenAuthenticator
-from gateway.context import CallerType, Identity, Mode, Principal, RequestFacts
+from gateway.authn.registry import BuildEnv, MethodType, build, method_types
+from gateway.context import (
+    CallerType,
+    Identity,
+    Inbound,
+    Mode,
+    Principal,
+    RequestFacts,
+    VerifiedToken,
+)
 from gateway.errors import GatewayError, Unauthorized
 from gateway.routing import CompiledRoute
 from gateway.sdk.txn import TxnTokenVerifier
-from gateway.settings import (
-    APIKeyMethod,
-    BasicMethod,
-    BearerMethod,
-    Bind,
-    CallerRules,
-    HMACMethod,
-    JWTAssertionMethod,
-    MTLSMethod,
-    Settings,
-    TxnTokenMethod,
-    tree_node,
-)
+from gateway.settings import Bind, CallerRules, Settings, tree_node
 from gateway.state import ReplayCache
-
-# Which success becomes the subject when several methods succeed: the most specific
-# statement about *who* is asking comes first; the transport identity comes last.
-_PRIMARY_ORDER = {
-    "txn_token": 0,
-    "bearer": 1,
-    "jwt_assertion": 2,
-    "hmac": 3,
-    "api_key": 4,
-    "basic": 5,
-    "mtls": 6,
-}
 
 _Outcome = Principal | GatewayError | None
 
@@ -138,39 +115,8 @@ def compile_bindings(
 def build_methods(
     settings: Settings, replay: ReplayCache, txn_verifier: TxnTokenVerifier | None = None
 ) -> dict[str, Method]:
-    server = settings.server
-    issuers = {iss.name: iss for iss in settings.issuers}
-    audience = f"https://{server.trust_domain}/"
-    methods: dict[str, Method] = {}
-    for name, cfg in settings.authn.items():
-        method: Method
-        if isinstance(cfg, MTLSMethod):
-            method = MTLSAuthenticator(name, cfg, trust_domain=server.trust_domain)
-        elif isinstance(cfg, BearerMethod):
-            chosen = [issuers[i] for i in cfg.issuers]
-            method = JWTBearerAuthenticator(
-                name, cfg, chosen, replay, trust_domain=server.trust_domain
-            )
-        elif isinstance(cfg, APIKeyMethod):
-            method = APIKeyAuthenticator(name, cfg)
-        elif isinstance(cfg, BasicMethod):
-            method = BasicAuthenticator(name, cfg)
-        elif isinstance(cfg, HMACMethod):
-            method = HMACSignatureAuthenticator(
-                name, cfg, replay, max_body_bytes=server.limits.max_body_bytes
-            )
-        elif isinstance(cfg, JWTAssertionMethod):
-            method = JWTAssertionAuthenticator(name, cfg, replay, gateway_audience=audience)
-        elif isinstance(cfg, TxnTokenMethod):
-            if txn_verifier is None or settings.txn_tokens is None:
-                raise ValueError(f"authn.{name}: the txn_token method needs txn_tokens")
-            method = TxnTokenAuthenticator(
-                name, cfg, txn_verifier, header=settings.txn_tokens.header
-            )
-        else:  # pragma: no cover - settings only admits the types above
-            raise TypeError(f"unsupported authn method type {type(cfg).__name__}")
-        methods[name] = method
-    return methods
+    """One handler per ``authn`` entry, from the registry (:mod:`gateway.authn.registry`)."""
+    return build(BuildEnv(settings, replay, txn_verifier))
 
 
 class AuthnService:
@@ -182,6 +128,10 @@ class AuthnService:
     ) -> None:
         self._types = {name: cfg.type for name, cfg in settings.authn.items()}
         self.methods = build_methods(settings, replay, txn_verifier)
+        handlers = method_types()
+        self._handlers: dict[str, type[MethodType]] = {
+            name: handlers[kind] for name, kind in self._types.items()
+        }
         self.txn_methods = frozenset(n for n, t in self._types.items() if t == "txn_token")
         self._rules = settings.callers
         self._challenges: dict[int, str] = {}
@@ -211,10 +161,6 @@ class AuthnService:
                 return Identity(principal, {name: principal}, caller, mode_of(principal))
         raise invalid_token("no bearer method configured")
 
-    def scoped(self, identity: Identity) -> bool:
-        """True when the primary credential carries OAuth scopes (a token's ``scope``)."""
-        return self._types.get(identity.principal.method) in ("bearer", "txn_token")
-
     def credential_headers(self) -> frozenset[str]:
         """Request headers that carry a credential of a configured method (never forwarded)."""
         names: set[str] = set()
@@ -234,7 +180,7 @@ class AuthnService:
             await method.close()
 
     async def authenticate(
-        self, route: CompiledRoute, request: web.BaseRequest, facts: RequestFacts
+        self, route: CompiledRoute, request: Inbound, facts: RequestFacts
     ) -> Identity:
         tree = route.settings.authn
         assert tree is not None  # the pipeline only calls us for routes with authn
@@ -299,14 +245,18 @@ class AuthnService:
         return cached
 
     def _identity(
-        self, results: Mapping[str, Principal], request: web.BaseRequest, facts: RequestFacts
+        self, results: Mapping[str, Principal], request: Inbound, facts: RequestFacts
     ) -> Identity:
-        primary = min(results.values(), key=lambda p: _PRIMARY_ORDER.get(self._types[p.method], 9))
+        # Which success becomes the subject when several methods succeed: the most specific
+        # statement about *who* is asking comes first; the transport identity comes last.
+        primary = min(results.values(), key=lambda p: self._handlers[p.method].primary_rank)
         return Identity(
             principal=primary,
             results=dict(results),
             caller=classify_caller(primary, facts, request, self._rules),
             mode=mode_of(primary),
+            scoped=self._handlers[primary.method].scoped,
+            exchange_token=exchange_token(request, results.values()),
         )
 
 
@@ -375,8 +325,20 @@ def _starts(path: str, prefixes: Sequence[str]) -> bool:
     return any(path.startswith(p) for p in prefixes)
 
 
+def exchange_token(request: Inbound, results: Iterable[Principal]) -> VerifiedToken | None:
+    """The verified access token (``Bearer``/``DPoP``), for an RFC 8693 exchange converter.
+
+    Only when a token from an issuer was verified; never a key, a password or a signature.
+    """
+    if not any(p.claims.get("iss") for p in results):
+        return None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    return VerifiedToken(token) if token and scheme.lower() in ("bearer", "dpop") else None
+
+
 def classify_caller(
-    principal: Principal, facts: RequestFacts, request: web.BaseRequest, rules: CallerRules
+    principal: Principal, facts: RequestFacts, request: Inbound, rules: CallerRules
 ) -> CallerType:
     """The caller type, from verified facts first and browser hints last.
 

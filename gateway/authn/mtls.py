@@ -28,18 +28,28 @@ certificate; the TLS layer does that during the handshake.
 from __future__ import annotations
 
 from types import MappingProxyType
-
-from aiohttp import web
+from typing import ClassVar, Self
 
 from gateway.authn.base import REALM, challenge
-from gateway.context import Peer, Principal, RequestFacts, SubjectType
+from gateway.authn.registry import BuildEnv, register
+from gateway.context import Inbound, Peer, Principal, RequestFacts, SubjectType
 from gateway.errors import Unauthorized
 from gateway.settings import MTLSMethod
 
 AMR = ("swk",)  # RFC 8176 §2
 
 
+@register
 class MTLSAuthenticator:
+    type_id: ClassVar[str] = "mtls"
+    config_model: ClassVar[type[MTLSMethod]] = MTLSMethod
+    primary_rank: ClassVar[int] = 6  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: MTLSMethod, env: BuildEnv) -> Self:
+        return cls(name, cfg, trust_domain=env.settings.server.trust_domain)
+
     def __init__(self, name: str, cfg: MTLSMethod, *, trust_domain: str) -> None:
         self.name = name
         self._require_spiffe_id = cfg.require_spiffe_id
@@ -67,7 +77,7 @@ class MTLSAuthenticator:
     def credential_query_params(self) -> tuple[str, ...]:
         return ()
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         peer = facts.peer
         if peer is None:
             return None  # no client certificate on this connection

@@ -27,13 +27,12 @@ should require the caller's own identity too: ``authn: {all_of: [mtls, txn_token
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Final, Protocol, cast
-
-from aiohttp import web
+from typing import Any, ClassVar, Final, Protocol, Self, cast
 
 from gateway.authn.base import invalid_request, invalid_token
-from gateway.context import Actor, Identity, Principal, RequestFacts, SubjectType
-from gateway.errors import Forbidden, ServiceUnavailable
+from gateway.authn.registry import BuildEnv, register
+from gateway.context import Actor, Identity, Inbound, Principal, RequestFacts, SubjectType
+from gateway.errors import ConfigError, Forbidden, ServiceUnavailable
 from gateway.sdk.txn import TXN_TOKEN_HEADER, KeysUnavailable, TxnTokenError
 from gateway.settings import TxnTokenMethod
 
@@ -47,7 +46,19 @@ class TokenVerifier(Protocol):
     async def verify(self, token: str, *, leeway_s: float | None = None) -> dict[str, Any]: ...
 
 
+@register
 class TxnTokenAuthenticator:
+    type_id: ClassVar[str] = "txn_token"
+    config_model: ClassVar[type[TxnTokenMethod]] = TxnTokenMethod
+    primary_rank: ClassVar[int] = 0  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = True
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: TxnTokenMethod, env: BuildEnv) -> Self:
+        if env.txn_verifier is None or env.settings.txn_tokens is None:
+            raise ConfigError([(f"authn.{name}", "the txn_token method needs txn_tokens")])
+        return cls(name, cfg, env.txn_verifier, header=env.settings.txn_tokens.header)
+
     def __init__(
         self,
         name: str,
@@ -75,7 +86,7 @@ class TxnTokenAuthenticator:
         # A Txn-Token is not an HTTP authentication scheme; the Bearer challenge suffices.
         return None
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         values = request.headers.getall(self.header, ())
         if not values:
             return None

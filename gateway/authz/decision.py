@@ -34,6 +34,9 @@ Optional fields (``null`` counts as absent; unknown keys are ignored):
   only ever removes something the policy asked to add, so it cannot widen access.
 - ``credential``: non-empty string naming a route credential.
 - ``obligations``: object; passed through (``no_cache: true`` is read by the decision cache).
+
+The obligations the gateway enforces are parsed here too, where they are applied
+(:func:`obligation_limit`, called by the limits stage): one that cannot be enforced denies.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ from collections.abc import Collection, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
+from pydantic import ValidationError
+
 from gateway.context import Decision
+from gateway.errors import Forbidden
+from gateway.settings import RateLimit
 
 log = logging.getLogger("agentgate.authz")
 
@@ -214,3 +221,20 @@ def _credential(raw: Mapping[str, Any]) -> str | None:
 def _obligations(raw: Mapping[str, Any]) -> Mapping[str, Any]:
     value = _optional(raw, "obligations", Mapping)
     return MappingProxyType(dict(value)) if value else MappingProxyType({})
+
+
+class InvalidObligation(Forbidden):
+    """The PDP asked for a rate limit the PEP cannot enforce: deny (never ignore it)."""
+
+    reason = "obligation_invalid"
+
+
+def obligation_limit(obligations: Mapping[str, Any]) -> RateLimit | None:
+    """The decision's ``obligations.rate_limit``, validated; None when absent."""
+    raw = obligations.get("rate_limit")
+    if raw is None:
+        return None
+    try:
+        return RateLimit.model_validate(raw)
+    except ValidationError:
+        raise InvalidObligation("malformed rate_limit obligation") from None

@@ -47,7 +47,6 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.context import BUFFERED_BODY_KEY
 from gateway.errors import BadGateway, BadRequest, GatewayError, GatewayTimeout, PayloadTooLarge
 from gateway.net.listener import BodyReadTimeout
 from gateway.settings import Route, Timeouts
@@ -195,8 +194,12 @@ class Forwarder:
         response_headers: Mapping[str, str],
         ssl_context: ssl.SSLContext | None = None,
         scrub_query: frozenset[str] = frozenset(),
+        buffered: bytes | None = None,
     ) -> web.StreamResponse:
-        assert self._session is not None, "Forwarder.start() was not awaited"
+        """Send the request upstream: ``buffered`` (the body a stage already read, see
+        :mod:`gateway.protocols.body`) or else the inbound stream, bounded."""
+        if self._session is None:
+            raise RuntimeError("Forwarder.start() was not awaited")
         length = request.content_length
         if length is not None and length > self._max_body:
             raise PayloadTooLarge()
@@ -204,9 +207,8 @@ class Forwarder:
             # RFC 9110 §10.1.1: every check has passed (the size one just above), so ask
             # the client for its body now instead of letting it wait for a 100 that never comes.
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        buffered = request.get(BUFFERED_BODY_KEY)
         body: bytes | AsyncIterator[bytes] | None
-        if isinstance(buffered, bytes):
+        if buffered is not None:
             body = buffered
         elif request.body_exists:
             body = _limited(request.content, self._max_body)

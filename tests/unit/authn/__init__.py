@@ -28,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from multidict import CIMultiDict
 
-from gateway.context import Peer, RequestFacts
+from gateway.context import Inbound, Peer, RequestFacts
 from gateway.settings import BearerMethod, Issuer
+from tests.support import inbound
 
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
@@ -276,22 +277,24 @@ def request(
     query: str = "",
     host: str = HOST,
     **kwargs: Any,
-) -> web.Request:
+) -> Inbound:
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
     if not any(name.lower() == "host" for name, _ in pairs):
         pairs.append(("Host", host))
     target = f"{path}?{query}" if query else path
-    return make_mocked_request(method, target, headers=CIMultiDict(pairs), **kwargs)
+    return inbound(make_mocked_request(method, target, headers=CIMultiDict(pairs), **kwargs))
 
 
-def facts(req: web.BaseRequest, *, peer: Peer | None = None, scheme: str = "https") -> RequestFacts:
+def facts(
+    req: web.BaseRequest | Inbound, *, peer: Peer | None = None, scheme: str = "https"
+) -> RequestFacts:
     return RequestFacts(
         request_id="test",
         method=req.method,
         scheme=scheme,
         host=req.headers.get("Host", HOST),
         path=req.raw_path.partition("?")[0],  # as the pipeline: raw (already canonical) path
-        raw_query=req.query_string,
+        raw_query=req.raw_path.partition("?")[2],
         client_address="127.0.0.1",
         peer_address="127.0.0.1",
         forwarded_for="127.0.0.1",

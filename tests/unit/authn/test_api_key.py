@@ -15,6 +15,7 @@ from gateway.authn.api_key import APIKeyAuthenticator
 from gateway.context import RequestFacts
 from gateway.errors import BadRequest, Unauthorized
 from gateway.settings import APIKeyMethod
+from tests.support import inbound
 
 KEY = "agk_7f3c0e9b5d2a4e81b6c9d0f1a2b3c4d5"
 OTHER = "agk_00000000000000000000000000000000"
@@ -60,7 +61,7 @@ def _method(keys_file: Path, **cfg: Any) -> APIKeyAuthenticator:
 
 
 def _request(target: str = "/x", headers: list[tuple[str, str]] | None = None) -> Any:
-    return make_mocked_request("GET", target, headers=CIMultiDict(headers or []))
+    return inbound(make_mocked_request("GET", target, headers=CIMultiDict(headers or [])))
 
 
 async def test_known_key_in_header(keys_file: Path) -> None:

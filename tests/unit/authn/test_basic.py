@@ -21,6 +21,7 @@ from gateway.authn.basic import BasicAuthenticator, verify_password
 from gateway.context import RequestFacts
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
 from gateway.settings import BasicMethod
+from tests.support import inbound
 
 ALICE_PW = "correct horse"
 BOB_PW = "battery staple"
@@ -95,7 +96,7 @@ def _basic(user: str, password: str) -> str:
 
 def _request(*authorization: str) -> Any:
     headers = CIMultiDict(("Authorization", value) for value in authorization)
-    return make_mocked_request("GET", "/x", headers=headers)
+    return inbound(make_mocked_request("GET", "/x", headers=headers))
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from gateway.context import RequestFacts
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
 from gateway.settings import JWTAssertionMethod
 from gateway.state.memory import MemoryReplayCache
+from tests.support import inbound
 
 NOW = 1_700_000_000
 AUDIENCE = "https://gw.example.org/"
@@ -121,7 +122,7 @@ def raw_token(header: str, payload: str, key: Any = PLANNER_KEY) -> str:
 
 
 def _request(*values: str, name: str = "Agent-Assertion") -> Any:
-    return make_mocked_request("GET", "/x", headers=CIMultiDict((name, v) for v in values))
+    return inbound(make_mocked_request("GET", "/x", headers=CIMultiDict((name, v) for v in values)))
 
 
 # --------------------------------------------------------------------------- success

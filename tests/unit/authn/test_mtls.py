@@ -11,6 +11,7 @@ from gateway.authn.mtls import MTLSAuthenticator
 from gateway.context import Peer, RequestFacts
 from gateway.errors import Unauthorized
 from gateway.settings import MTLSMethod
+from tests.support import inbound
 
 TRUST_DOMAIN = "example.org"
 
@@ -51,7 +52,10 @@ def _method(**cfg: Any) -> MTLSAuthenticator:
 
 
 async def test_no_client_certificate_is_not_mine() -> None:
-    assert await _method().authenticate(make_mocked_request("GET", "/x"), _facts(None)) is None
+    assert (
+        await _method().authenticate(inbound(make_mocked_request("GET", "/x")), _facts(None))
+        is None
+    )
 
 
 PRINCIPAL_CASES = [
@@ -80,7 +84,7 @@ async def test_spiffe_peer_becomes_principal(
     cfg: dict[str, Any], spiffe_id: str, subject_type: str
 ) -> None:
     principal = await _method(**cfg).authenticate(
-        make_mocked_request("GET", "/x"), _facts(_peer(spiffe_id))
+        inbound(make_mocked_request("GET", "/x")), _facts(_peer(spiffe_id))
     )
     assert principal is not None
     trust_domain = spiffe_id.split("/")[2]
@@ -113,7 +117,7 @@ REFUSED_CASES = [
 async def test_unacceptable_peer_is_401(cfg: dict[str, Any], spiffe_id: str | None) -> None:
     with pytest.raises(Unauthorized) as exc:
         await _method(**cfg).authenticate(
-            make_mocked_request("GET", "/x"), _facts(_peer(spiffe_id))
+            inbound(make_mocked_request("GET", "/x")), _facts(_peer(spiffe_id))
         )
     assert exc.value.status == 401
     assert exc.value.reason == "authn_invalid"
@@ -122,7 +126,7 @@ async def test_unacceptable_peer_is_401(cfg: dict[str, Any], spiffe_id: str | No
 
 async def test_non_spiffe_peer_allowed_when_not_required() -> None:
     principal = await _method(require_spiffe_id=False).authenticate(
-        make_mocked_request("GET", "/x"), _facts(_peer(None))
+        inbound(make_mocked_request("GET", "/x")), _facts(_peer(None))
     )
     assert principal is not None
     assert (principal.subject, principal.subject_type, principal.issuer) == (

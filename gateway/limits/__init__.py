@@ -1,0 +1,1 @@
+"""Rate limits before authentication, after it, and as decision obligations (one stage)."""
