@@ -1,12 +1,12 @@
 """``token_exchange``: the inbound token exchanged for one for the backend (RFC 8693 §2.1).
 
-The subject token is the verified inbound access token (``subject: access_token``) or the
+The subject token is the verified inbound access token (``subject: inbound``) or the
 Txn-Token minted for this request (``subject: txn_token``); with none there is nothing to
 exchange and the request fails (503), never passes through. The result, sent as
 ``Authorization: Bearer``, is cached per subject token (keyed by its SHA-256, so the cache
-holds no subject token) until 5 s before it expires, bounded to ``max_cache_entries`` (LRU),
-with one exchange per key in flight. Client authentication and failure handling are
-:mod:`._token_endpoint`'s.
+holds no subject token) until 5 s before it expires, bounded to ``max_cache_entries`` (the
+oldest entry goes first; ``0`` caches nothing), with one exchange per key in flight. Client
+authentication and failure handling are :mod:`._token_endpoint`'s.
 """
 
 from __future__ import annotations
