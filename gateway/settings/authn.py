@@ -9,6 +9,7 @@ from pydantic import (
     BeforeValidator,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -135,9 +136,6 @@ class CallerRules(Strict):
     browser_hints: bool = True  # Sec-Fetch-* / a browser User-Agent with a user token
 
 
-AuthnTree = str | dict[str, Any]
-
-
 BIND_KINDS = ("actor", "assertion")  # bearer act.sub / jwt_assertion iss, against the peer
 
 
@@ -163,10 +161,35 @@ def parse_bind(value: Any) -> Bind:
         raise ValueError("bind must be off, {} or a mapping of actor/assertion to 'peer'") from None
 
 
-def tree_node(node: dict[str, Any]) -> tuple[str, list[Any], Bind | None]:
-    """(operator, children, explicit bind or None) of a validated tree node."""
-    op = next(k for k in node if k != "bind")
-    return op, node[op], parse_bind(node["bind"]) if "bind" in node else None
+class AnyOf(Strict):
+    """``{any_of: [...]}``: holds when one child holds."""
+
+    any_of: tuple[AuthnTree, ...] = Field(min_length=1)
+
+
+class AllOf(Strict):
+    """``{all_of: [...], bind: ...}``: holds when every child holds; may bind identities."""
+
+    all_of: tuple[AuthnTree, ...] = Field(min_length=1)
+    bind: Bind | None = None
+
+    @field_validator("bind", mode="before")
+    @classmethod
+    def _explicit(cls, value: Any) -> Any:
+        # `bind:` with no value is still an explicit bind (no binding), unlike no key at all.
+        return {} if value is None else value
+
+
+# A route's ``authn``: a method name, or an operator node over further trees. The raw YAML is
+# checked by :func:`check_tree` first, so that every problem names its position in the tree.
+AuthnTree = str | AnyOf | AllOf
+
+
+def tree_node(node: AnyOf | AllOf) -> tuple[str, tuple[AuthnTree, ...], Bind | None]:
+    """(operator, children, explicit bind or None) of a tree node."""
+    if isinstance(node, AnyOf):
+        return "any_of", node.any_of, None
+    return "all_of", node.all_of, node.bind
 
 
 MAX_AUTHN_DEPTH = 16  # nested any_of/all_of levels; deeper trees are refused
@@ -203,10 +226,14 @@ def check_tree(node: Any, path: str = "", depth: int = 0) -> None:
         check_tree(child, f"{inner}.{i}", depth + 1)
 
 
-def tree_names(node: Any) -> set[str]:
+def tree_names(node: AuthnTree) -> set[str]:
     if isinstance(node, str):
         return {node}
     names: set[str] = set()
     for child in tree_node(node)[1]:
         names |= tree_names(child)
     return names
+
+
+AnyOf.model_rebuild()
+AllOf.model_rebuild()

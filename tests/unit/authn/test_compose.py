@@ -8,16 +8,18 @@ defaults of :func:`compile_bindings`, :func:`claimed_workload`, and the ``bind``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter
 
 from gateway.authn.compose import claimed_workload, compile_bindings
 from gateway.context import Actor, Principal
 from gateway.errors import ConfigError
-from gateway.settings import Bind, parse_settings
+from gateway.settings import AuthnTree, Bind, parse_settings, tree_node
 
 TYPES = {
     "mtls": "mtls",
@@ -29,8 +31,21 @@ TYPES = {
 }
 
 
+def _pairs(parsed: Any, raw: Any) -> Iterator[tuple[Any, Any]]:
+    """(parsed node, the YAML value it came from), walking both trees side by side."""
+    yield parsed, raw
+    if isinstance(parsed, str):
+        return
+    op, children, _ = tree_node(parsed)
+    for child, raw_child in zip(children, raw[op], strict=True):
+        yield from _pairs(child, raw_child)
+
+
 def kinds(tree: Any, route_bind: Bind | None = None) -> list[tuple[Any, tuple[str, ...]]]:
-    return [(b.node, b.kinds) for b in compile_bindings(tree, route_bind, TYPES)]
+    """The bindings of ``tree`` (as written in YAML), each reported as its YAML node."""
+    parsed = TypeAdapter(AuthnTree).validate_python(tree)
+    raw = {id(node): value for node, value in _pairs(parsed, tree)}
+    return [(raw[id(b.node)], b.kinds) for b in compile_bindings(parsed, route_bind, TYPES)]
 
 
 MTLS_BEARER = {"all_of": ["mtls", "bearer"]}
