@@ -36,6 +36,7 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.authz.decision import obligation_limit
 from gateway.authz.engine import PolicyDecisionPoint
 from gateway.authz.input import build_input, policy_headers, query_params
 from gateway.context import NO_ENRICHMENT, Decision, Enrichment, Identity, Inbound, RequestFacts
@@ -279,7 +280,7 @@ class Pipeline:
         await self.screen(route, facts, identity)
         enrichment = await self.enrich(facts, identity, trail)
         decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
-        await self.limiter.obligations(route, facts, identity, decision)
+        await self.limiter.obligations(route, facts, identity, obligation_limit(decision))
         txn_token = await self.mint(route, facts, identity, decision, trail)
         response = await self.forward(request, inbound, facts, route, identity, decision, txn_token)
         trail.forwarded = True

@@ -229,9 +229,9 @@ class InvalidObligation(Forbidden):
     reason = "obligation_invalid"
 
 
-def obligation_limit(obligations: Mapping[str, Any]) -> RateLimit | None:
+def obligation_limit(decision: Decision | None) -> RateLimit | None:
     """The decision's ``obligations.rate_limit``, validated; None when absent."""
-    raw = obligations.get("rate_limit")
+    raw = decision.obligations.get("rate_limit") if decision is not None else None
     if raw is None:
         return None
     try:

@@ -3,9 +3,9 @@
 - :meth:`LimitsStage.before_authn`: the route's ``client``/``route`` limits, which need no
   identity, so that a flood is refused before it costs argon2 or JWKS work;
 - :meth:`LimitsStage.after_authn`: the route's ``subject``/``agent`` limits;
-- :meth:`LimitsStage.obligations`: the decision's ``obligations.rate_limit``, parsed by
-  :func:`gateway.authz.decision.obligation_limit` (a malformed one denies, 403
-  ``obligation_invalid``).
+- :meth:`LimitsStage.obligations`: the decision's ``obligations.rate_limit``, which the
+  pipeline hands over as parsed by :func:`gateway.authz.decision.obligation_limit` (a
+  malformed one has denied already, 403 ``obligation_invalid``).
 
 Each raises :class:`gateway.state.ratelimit.RateLimited` (429 with ``RateLimit`` headers) on the
 first refusal, or :class:`gateway.errors.ServiceUnavailable` when a shared store is down (fail
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.authz.decision import obligation_limit
-from gateway.context import Decision, Identity, RequestFacts
+from gateway.context import Identity, RequestFacts
 from gateway.routing import CompiledRoute
+from gateway.settings import RateLimit
 from gateway.state import RateLimiter
 from gateway.state.ratelimit import enforce, split
 
@@ -41,11 +41,8 @@ class LimitsStage:
         route: CompiledRoute,
         facts: RequestFacts,
         identity: Identity | None,
-        decision: Decision | None,
+        limit: RateLimit | None,
     ) -> None:
-        if decision is None:
-            return
-        limit = obligation_limit(decision.obligations)
         if limit is not None:
             key = route.name + "|obligation"
             await enforce(self._limiter, key, (limit,), facts, identity)

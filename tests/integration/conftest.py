@@ -1,8 +1,9 @@
 """Fixtures for the integration tests: an echo upstream, in-process gateways, subprocess gateways.
 
-``gateway`` is a factory: ``await gateway(routes=[...], server={...})`` builds ``Settings`` with
-:func:`gateway.settings.parse_settings` (so every test also exercises config validation), starts
-:class:`gateway.app.Gateway` on ``127.0.0.1:0`` (main and admin) and stops it at teardown.
+``gateway`` is a factory: ``await gateway(routes=[...], server={...}, extra={...})`` (``extra``:
+further top-level sections) builds ``Settings`` with :func:`gateway.settings.parse_settings` (so
+every test also exercises config validation), starts :class:`gateway.app.Gateway` on
+``127.0.0.1:0`` (main and admin) and stops it at teardown.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class GatewayFactory(Protocol):
         *,
         routes: list[dict[str, Any]] | None = ...,
         server: Mapping[str, Any] | None = ...,
+        extra: Mapping[str, Any] | None = ...,
     ) -> Awaitable[Gateway]: ...
 
 
@@ -111,8 +113,13 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
         *,
         routes: list[dict[str, Any]] | None = None,
         server: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Gateway:
-        config = {"server": merge(BASE_SERVER, server or {}), "routes": routes or []}
+        config = {
+            "server": merge(BASE_SERVER, server or {}),
+            "routes": routes or [],
+            **(extra or {}),
+        }
         gw = Gateway(parse_settings(config, tmp_path))
         started.append(gw)
         await gw.start()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.authz.decision import InvalidObligation, obligation_limit
+from gateway.context import Decision
 from gateway.settings import RateLimit
 
 
@@ -27,7 +28,7 @@ from gateway.settings import RateLimit
     ],
 )
 def test_obligation_limit(obligations: dict[str, Any], expected: RateLimit | None) -> None:
-    assert obligation_limit(obligations) == expected
+    assert obligation_limit(Decision(True, "d", obligations=obligations)) == expected
 
 
 @pytest.mark.parametrize(
@@ -42,5 +43,5 @@ def test_obligation_limit(obligations: dict[str, Any], expected: RateLimit | Non
 )
 def test_obligation_limit_malformed_denies(raw: Any) -> None:
     with pytest.raises(InvalidObligation) as info:
-        obligation_limit({"rate_limit": raw})
+        obligation_limit(Decision(True, "d", obligations={"rate_limit": raw}))
     assert info.value.status == 403
