@@ -59,7 +59,7 @@ from gateway.upstream.forward import Forwarder, route_budget
 
 log = logging.getLogger("agentgate")
 
-# Re-exported: the CLI and the worker supervisor import these from here.
+# install_reload is re-exported: gateway.net.workers imports it from here with Gateway.
 __all__ = ["Gateway", "Runtime", "install_reload", "run"]
 
 
