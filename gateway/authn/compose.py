@@ -183,7 +183,8 @@ class AuthnService:
         self, route: CompiledRoute, request: Inbound, facts: RequestFacts
     ) -> Identity:
         tree = route.settings.authn
-        assert tree is not None  # the pipeline only calls us for routes with authn
+        if tree is None:  # the pipeline only calls us for routes with authn
+            raise Unauthorized("route has no authn tree", reason="authn_missing")
         outcomes: dict[str, _Outcome] = {}
         for name in _names_in_order(tree):
             try:

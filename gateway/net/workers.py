@@ -328,7 +328,8 @@ class Supervisor:
         finally:
             os.close(write_fd)
         worker.proc, worker.started_at = proc, time.monotonic()
-        assert proc.stdin is not None
+        if proc.stdin is None:  # never: create_subprocess_exec was given stdin=PIPE
+            raise RuntimeError(f"worker {worker.index}: no stdin pipe")
         with contextlib.suppress(OSError):  # a worker that died at once: seen below
             proc.stdin.write(self.raw)
             await proc.stdin.drain()
@@ -353,7 +354,8 @@ class Supervisor:
     async def _watch(self, worker: _Worker) -> None:
         """Restart ``worker`` whenever it exits while we are not stopping."""
         while True:
-            assert worker.proc is not None
+            if worker.proc is None:  # never started: nothing to watch
+                return
             code = await worker.proc.wait()
             if self._stop.is_set():
                 return

@@ -23,7 +23,7 @@ until the bucket is full (allowed) or until the next token (refused, equal to
 
 The ``memory`` limiter is a bounded LRU of ``(tokens, timestamp)`` on the monotonic
 clock; the ``redis`` limiter runs the same arithmetic in one Lua script on Redis's
-own clock (``gateway.state.redis``).
+own clock (``gateway.state.redis.ratelimit``).
 """
 
 from __future__ import annotations
@@ -33,13 +33,10 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
-
-from pydantic import ValidationError
+from collections.abc import Callable, Iterable, Sequence
 
 from gateway.context import Identity, RequestFacts
-from gateway.errors import Forbidden, GatewayError
+from gateway.errors import GatewayError
 from gateway.settings import RateLimit
 from gateway.state import RateLimiter, Verdict
 
@@ -56,12 +53,6 @@ class RateLimited(GatewayError):
     def __init__(self, verdict: Verdict, name: str = "burst") -> None:
         super().__init__("rate limit exceeded", headers=rate_limit_headers(verdict, name))
         self.verdict = verdict
-
-
-class InvalidObligation(Forbidden):
-    """The PDP asked for a rate limit the PEP cannot enforce: deny (never ignore it)."""
-
-    reason = "obligation_invalid"
 
 
 # --------------------------------------------------------------------------- arithmetic
@@ -154,17 +145,6 @@ def split(limits: Iterable[RateLimit]) -> tuple[tuple[RateLimit, ...], tuple[Rat
         tuple(lim for lim in limits if lim.per in PRE_AUTHN),
         tuple(lim for lim in limits if lim.per not in PRE_AUTHN),
     )
-
-
-def obligation_limit(obligations: Mapping[str, Any]) -> RateLimit | None:
-    """The decision's ``obligations.rate_limit``, validated; None when absent."""
-    raw = obligations.get("rate_limit")
-    if raw is None:
-        return None
-    try:
-        return RateLimit.model_validate(raw)
-    except ValidationError:
-        raise InvalidObligation("malformed rate_limit obligation") from None
 
 
 def limit_key(route: str, limit: RateLimit, facts: RequestFacts, identity: Identity | None) -> str:

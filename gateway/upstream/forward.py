@@ -263,7 +263,8 @@ class Forwarder:
         ssl_context: ssl.SSLContext | None = None,
     ) -> web.StreamResponse:
         """Proxy a WebSocket upgrade (see :func:`relay_websocket`)."""
-        assert self._session is not None, "Forwarder.start() was not awaited"
+        if self._session is None:
+            raise RuntimeError("Forwarder.start() was not awaited")
         return await relay_websocket(
             self._session,
             request,

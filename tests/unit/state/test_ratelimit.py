@@ -10,12 +10,10 @@ from gateway.context import Identity, Peer, Principal, RequestFacts
 from gateway.settings import RateLimit
 from gateway.state import Verdict
 from gateway.state.ratelimit import (
-    InvalidObligation,
     MemoryRateLimiter,
     RateLimited,
     enforce,
     limit_key,
-    obligation_limit,
     rate_limit_headers,
     split,
     take,
@@ -143,42 +141,6 @@ def test_rate_limited_error() -> None:
     assert exc.status == 429
     assert exc.reason == "rate_limited"
     assert exc.headers["Retry-After"] == "2"
-
-
-@pytest.mark.parametrize(
-    ("obligations", "expected"),
-    [
-        pytest.param({}, None, id="absent"),
-        pytest.param(
-            {"rate_limit": {"rate": 2, "burst": 4, "per": "agent"}},
-            RateLimit(rate=2, burst=4, per="agent"),
-            id="valid",
-        ),
-        pytest.param(
-            {"rate_limit": {"rate": 2, "burst": 4}},
-            RateLimit(rate=2, burst=4),
-            id="per-defaults-to-subject",
-        ),
-    ],
-)
-def test_obligation_limit(obligations: dict[str, Any], expected: RateLimit | None) -> None:
-    assert obligation_limit(obligations) == expected
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        pytest.param({"rate": 0, "burst": 1}, id="zero-rate"),
-        pytest.param({"rate": 1}, id="no-burst"),
-        pytest.param({"rate": 1, "burst": 1, "per": "planet"}, id="unknown-per"),
-        pytest.param({"rate": 1, "burst": 1, "extra": 1}, id="unknown-key"),
-        pytest.param("10/s", id="not-an-object"),
-    ],
-)
-def test_obligation_limit_malformed_denies(raw: Any) -> None:
-    with pytest.raises(InvalidObligation) as info:
-        obligation_limit({"rate_limit": raw})
-    assert info.value.status == 403
 
 
 def test_split_pre_and_post_authentication() -> None:
