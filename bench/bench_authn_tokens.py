@@ -42,9 +42,9 @@ from multidict import CIMultiDict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.authn.dpop import DPoPVerifier
-from gateway.authn.jose import jwk_thumbprint
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
 from gateway.context import RequestFacts
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.settings import BearerMethod, DPoPSettings, Issuer
 from gateway.state.memory import MemoryReplayCache
 

@@ -112,8 +112,9 @@ def _policy_problems(settings: Settings) -> list[Problem]:
 
 def _jwks_file_problems(settings: Settings) -> list[Problem]:
     """What ``JWKSClient.start`` would refuse: an unreadable or malformed ``jwks_file``."""
-    from gateway.authn.jose import TokenError, strict_json_object
-    from gateway.authn.jwks import JWKSet
+    from gateway.jose.errors import JOSEError
+    from gateway.jose.jwks import JWKSet
+    from gateway.jose.jws import strict_json_object
 
     problems: list[Problem] = []
     for index, issuer in enumerate(settings.issuers):
@@ -122,7 +123,7 @@ def _jwks_file_problems(settings: Settings) -> list[Problem]:
         try:
             document = strict_json_object(issuer.jwks_file.read_bytes())
             JWKSet(document, allowed_algs=issuer.algorithms)
-        except (OSError, TokenError) as exc:
+        except (OSError, JOSEError) as exc:
             problems.append((f"issuers.{index}.jwks_file", f"{issuer.jwks_file}: {exc}"))
     return problems
 

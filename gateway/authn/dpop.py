@@ -47,21 +47,20 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway.authn.base import REALM, challenge
-from gateway.authn.jose import (
-    TokenError,
+from gateway.context import RequestFacts
+from gateway.errors import Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint, public_key_from_jwk
+from gateway.jose.jws import (
     VerificationKey,
     b64url_decode,
     b64url_encode,
     check_alg,
     check_header,
     check_typ,
-    jwk_thumbprint,
     numeric_date,
-    public_key_from_jwk,
     strict_json_object,
 )
-from gateway.context import RequestFacts
-from gateway.errors import Unauthorized
 from gateway.settings import DPoPSettings
 from gateway.state import ReplayCache
 
@@ -148,7 +147,7 @@ class DPoPVerifier:
             header, claims = self._verified(proof)
             result = self._check_claims(claims, header, htm=htm, htu=htu)
             self._check_binding(claims, header, access_token=access_token, jkt=jkt)
-        except TokenError as exc:
+        except JOSEError as exc:
             raise self._invalid(str(exc)) from None
         if self.settings.require_nonce:
             self._check_nonce(claims.get("nonce"))
@@ -164,10 +163,10 @@ class DPoPVerifier:
 
     def _verified(self, proof: str) -> tuple[_Header, dict[str, Any]]:
         if len(proof) > MAX_PROOF_BYTES or not proof.isascii():
-            raise TokenError("malformed DPoP proof")
+            raise JOSEError("malformed DPoP proof")
         parts = proof.split(".")
         if len(parts) != 3:
-            raise TokenError("DPoP proof is not a compact JWS")
+            raise JOSEError("DPoP proof is not a compact JWS")
         header = self._header(parts[0])
         signing_input = proof[: len(parts[0]) + 1 + len(parts[1])].encode("ascii")
         header.key.verify(next(iter(header.key.algs)), signing_input, b64url_decode(parts[2]))
@@ -184,11 +183,11 @@ class DPoPVerifier:
         check_alg(alg, self._algs)
         jwk = header.get("jwk")
         if not isinstance(jwk, dict):
-            raise TokenError("missing jwk header parameter")
+            raise JOSEError("missing jwk header parameter")
         # SECURITY: RFC 9449 §4.3 check 7 -- a proof key with private members is refused.
         key, possible = public_key_from_jwk(jwk)
         if alg not in possible:
-            raise TokenError("alg does not fit the jwk")
+            raise JOSEError("alg does not fit the jwk")
         parsed = _Header(VerificationKey(None, frozenset({alg}), key), jwk_thumbprint(jwk))
         if len(self._headers) >= _HEADER_CACHE_ENTRIES:
             self._headers.clear()
@@ -200,16 +199,16 @@ class DPoPVerifier:
     ) -> DPoPProof:
         jti, method, uri, iat = (claims.get(n) for n in ("jti", "htm", "htu", "iat"))
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS:
-            raise TokenError("missing or malformed jti")
+            raise JOSEError("missing or malformed jti")
         if not isinstance(method, str) or not isinstance(uri, str):
-            raise TokenError("missing htm or htu")
+            raise JOSEError("missing htm or htu")
         issued = numeric_date(iat, "iat")
         if method != htm:
-            raise TokenError("htm does not match the request method")
+            raise JOSEError("htm does not match the request method")
         if normalize_htu(uri) != normalize_htu(htu):
-            raise TokenError("htu does not match the request URI")
+            raise JOSEError("htu does not match the request URI")
         if abs(self._clock() - issued) > self.settings.iat_window_s:
-            raise TokenError("iat outside the acceptance window")
+            raise JOSEError("iat outside the acceptance window")
         return DPoPProof(jkt=header.jkt, jti=jti, iat=issued)
 
     def _check_binding(
@@ -225,16 +224,16 @@ class DPoPVerifier:
         if access_token is not None:
             ath = claims.get("ath")
             if not isinstance(ath, str) or not ath.isascii() or not access_token.isascii():
-                raise TokenError("ath does not match the access token")
+                raise JOSEError("ath does not match the access token")
             expected = b64url_encode(hashlib.sha256(access_token.encode("ascii")).digest())
             if not hmac.compare_digest(ath.encode("ascii"), expected.encode("ascii")):
-                raise TokenError("ath does not match the access token")
+                raise JOSEError("ath does not match the access token")
         # SECURITY: RFC 9449 §7.1 -- the proof key must be the key the token is bound to.
         if jkt is not None and (
             not jkt.isascii()
             or not hmac.compare_digest(header.jkt.encode("ascii"), jkt.encode("ascii"))
         ):
-            raise TokenError("proof key does not match the token binding")
+            raise JOSEError("proof key does not match the token binding")
 
     # ------------------------------------------------------------------ nonces (§9)
 
@@ -248,7 +247,7 @@ class DPoPVerifier:
     def _check_nonce(self, nonce: Any) -> None:
         try:
             raw = b64url_decode(nonce) if isinstance(nonce, str) else b""
-        except TokenError:
+        except JOSEError:
             raw = b""
         if len(raw) == 24 and hmac.compare_digest(raw[8:], self._mac(raw[:8])):
             age = self._clock() - int.from_bytes(raw[:8], "big")
@@ -287,16 +286,16 @@ class DPoPVerifier:
 def normalize_htu(uri: str) -> str:
     """``scheme://host[:port]/path`` normalised per RFC 3986 §6.2.2-6.2.3; query dropped."""
     if not _URI_CHARS.fullmatch(uri):
-        raise TokenError("malformed htu")
+        raise JOSEError("malformed htu")
     try:
         parts = urlsplit(uri)
         port = parts.port
     except ValueError:
-        raise TokenError("malformed htu") from None
+        raise JOSEError("malformed htu") from None
     scheme = parts.scheme.lower()
     host = parts.hostname
     if scheme not in _DEFAULT_PORTS or not host or "@" in parts.netloc:
-        raise TokenError("malformed htu")
+        raise JOSEError("malformed htu")
     netloc = f"[{host}]" if ":" in host else host
     if port is not None and port != _DEFAULT_PORTS[scheme]:
         netloc = f"{netloc}:{port}"
@@ -314,7 +313,7 @@ def canonical_path(path: str) -> str:
         out = [pieces[0]]
         for piece in pieces[1:]:
             if len(piece) < 2 or piece[0] not in _HEX or piece[1] not in _HEX:
-                raise TokenError("malformed percent-escape in htu")
+                raise JOSEError("malformed percent-escape in htu")
             char = chr(int(piece[:2], 16))
             out.append(char if char in _UNRESERVED else f"%{piece[:2].upper()}")
             out.append(piece[2:])

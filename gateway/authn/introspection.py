@@ -6,7 +6,7 @@ to the issuer's introspection endpoint, authenticating as the configured client 
 ``client_secret_post``, and returns the response members of an *active* token.
 
 * ``active`` must be the JSON boolean ``true``; anything else raises :class:`InactiveToken`
-  (a :class:`gateway.authn.jose.TokenError`; the caller answers 401 ``invalid_token``).
+  (a :class:`gateway.jose.errors.JOSEError`; the caller answers 401 ``invalid_token``).
 * Members that are present are checked like a JWT's (RFC 7662 §4, SPECS.md §10.3): ``iss``
   equals the issuer, ``aud`` names one of our audiences, ``exp``/``nbf`` hold with the issuer's
   leeway. ``active: true`` alone is never authorization.
@@ -29,8 +29,9 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gateway.authn.jose import TokenError, numeric_date, strict_json_object
 from gateway.errors import ServiceUnavailable
+from gateway.jose.errors import JOSEError
+from gateway.jose.jws import numeric_date, strict_json_object
 from gateway.net.outbound import client_session
 from gateway.settings import Introspection, Issuer
 
@@ -39,7 +40,7 @@ log = logging.getLogger("agentgate.authn.introspection")
 MAX_RESPONSE_BYTES = 64 * 1024
 
 
-class InactiveToken(TokenError):
+class InactiveToken(JOSEError):
     """The authorization server says the token is not active (RFC 7662 §2.2)."""
 
 
@@ -83,7 +84,7 @@ class IntrospectionClient:
             self._session = None
 
     async def introspect(self, token: str) -> Mapping[str, Any]:
-        """Members of an active, valid token; raises InactiveToken/TokenError or 503."""
+        """Members of an active, valid token; raises InactiveToken/JOSEError or 503."""
         key = hashlib.sha256(token.encode("utf-8")).digest()
         now = self._clock()
         cached = self._cache.get(key)
@@ -117,7 +118,7 @@ class IntrospectionClient:
         try:
             body = await self._post(self._session, form, headers)
             answer = strict_json_object(body)
-        except (_Unusable, TokenError) as exc:
+        except (_Unusable, JOSEError) as exc:
             log.warning("introspection at issuer %s failed: %s", self.issuer.name, exc)
             raise IntrospectionUnavailable(
                 f"issuer {self.issuer.name}: introspection failed ({exc})"
@@ -174,15 +175,15 @@ def check_introspected(claims: Mapping[str, Any], issuer: Issuer, now: float) ->
     """RFC 7662 §4: validate the members the server chose to return."""
     iss = claims.get("iss")
     if iss is not None and iss != issuer.issuer:
-        raise TokenError("token issuer mismatch")
+        raise JOSEError("token issuer mismatch")
     if "aud" in claims:
         check_audience(claims["aud"], issuer.audience)
     exp = _number(claims, "exp")
     if exp is not None and now >= exp + issuer.leeway_s:
-        raise TokenError("token expired")
+        raise JOSEError("token expired")
     nbf = _number(claims, "nbf")
     if nbf is not None and nbf > now + issuer.leeway_s:
-        raise TokenError("token not yet valid")
+        raise JOSEError("token not yet valid")
 
 
 def check_audience(aud: Any, expected: str | tuple[str, ...]) -> None:
@@ -195,5 +196,5 @@ def check_audience(aud: Any, expected: str | tuple[str, ...]) -> None:
         if any(a in wanted for a in aud):
             return
     else:
-        raise TokenError("malformed aud")
-    raise TokenError("token audience mismatch")
+        raise JOSEError("malformed aud")
+    raise JOSEError("token audience mismatch")

@@ -33,10 +33,6 @@ the key is hardware-backed). Only the registered claims (``iss sub aud iat nbf e
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -47,6 +43,14 @@ from gateway.authn.base import invalid_request, invalid_token
 from gateway.authn.credfiles import AgentKey, AgentRecord, load_agents
 from gateway.context import Principal, RequestFacts
 from gateway.errors import GatewayError, ServiceUnavailable, Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jws import (
+    VerificationKey,
+    b64url_decode,
+    check_alg,
+    parse_compact,
+    strict_json_value,
+)
 from gateway.settings import JWTAssertionMethod
 from gateway.state import ReplayCache
 
@@ -55,7 +59,21 @@ HEADER = "Agent-Assertion"
 MAX_TOKEN_BYTES = 8192
 MAX_JTI_CHARS = 256
 REGISTERED_CLAIMS = ("iss", "sub", "aud", "iat", "nbf", "exp", "jti")
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# gateway.jose's terse refusals -> this method's error_description (unchanged since before the
+# JOSE layer existed: clients and the audit trail key on them).
+_SYNTAX = {
+    "token too large": "assertion too large",
+    "not a compact JWS": "assertion is not a compact JWS",
+    "missing alg": "assertion header has no alg",
+    "malformed token": "assertion is not valid base64url",
+    "malformed base64url": "assertion is not valid base64url",
+    "missing signature": "assertion is not valid base64url",
+}
+_BY_CODE = {
+    "crit": "assertion has critical header parameters",
+    "wrong_typ": "assertion has the wrong typ",
+    "bad_kid": "assertion key not found",
+}
 
 
 class JWTAssertionAuthenticator:
@@ -129,42 +147,39 @@ class JWTAssertionAuthenticator:
         return token
 
     def _verify(self, token: str) -> tuple[AgentRecord, dict[str, Any]]:
-        if len(token) > MAX_TOKEN_BYTES:
-            raise _bad("assertion too large")
-        parts = token.split(".")
-        if len(parts) != 3:
-            raise _bad("assertion is not a compact JWS")
-        header = _json_segment(parts[0])
-        alg = header.get("alg")
-        if not isinstance(alg, str):
-            raise _bad("assertion header has no alg")
-        # SECURITY: RFC 8725 §2.1 -- no unsigned tokens and no HMAC/public-key confusion,
-        # whatever the casing; then the exact allowlist.
-        if alg.lower() == "none" or alg.upper().startswith("HS") or alg not in self._algorithms:
-            raise _bad("assertion algorithm not allowed", detail=f"alg {alg[:16]!r}")
-        if "crit" in header:
-            raise _bad("assertion has critical header parameters")  # SECURITY: RFC 7515 §4.1.11
-        typ = header.get("typ")
-        if typ is not None and (
-            not isinstance(typ, str) or typ.lower().removeprefix("application/") != "jwt"
-        ):
+        try:
+            # SECURITY: RFC 8725 via gateway.jose -- strict syntax, no none, no crit, no b64,
+            # kid bounded; jku/x5u/x5c/jwk never read.
+            jws = parse_compact(token, max_bytes=MAX_TOKEN_BYTES)
+        except JOSEError as exc:
+            raise _refused(exc, token) from None
+        alg = jws.alg
+        try:
+            # SECURITY: RFC 8725 §2.1, §3.1 -- the exact allowlist, never none or HMAC (in
+            # any casing: "hs256" is refused here even before the allowlist is consulted).
+            if alg.upper().startswith("HS"):
+                raise JOSEError("algorithm not allowed", "alg_refused")
+            check_alg(alg, self._algorithms)
+        except JOSEError:
+            raise _alg_refused(alg) from None
+        typ = jws.typ
+        if typ is not None and typ.lower().removeprefix("application/") != "jwt":
             raise _bad("assertion has the wrong typ")  # SECURITY: RFC 8725 §3.11
-        claims = _json_segment(parts[1])
+        claims = _claims(jws.payload)
         iss = claims.get("iss")
         agent = self._agents.get(iss) if isinstance(iss, str) else None
         if agent is None:
             raise _bad("assertion issuer is not a registered agent")
         if claims.get("sub") != iss:
             raise _bad("assertion sub must equal iss")
-        key = _select_key(agent, header.get("kid"), alg)
-        signature = _b64url(parts[2])
-        signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+        key = _select_key(agent, jws.kid, alg)
         try:
-            valid = key.jwk.Algorithm.verify(signing_input, key.key, signature)
-        except (ValueError, TypeError):
-            valid = False
-        if not valid:
-            raise _bad("assertion signature invalid", detail=f"agent {agent.id!r}")
+            # SECURITY: RFC 8725 §3.1 -- the key verifies only with the alg its JWK names.
+            VerificationKey(key.kid, frozenset({key.alg}), key.key).verify(
+                alg, jws.signing_input, jws.signature
+            )
+        except JOSEError:
+            raise _bad("assertion signature invalid", detail=f"agent {agent.id!r}") from None
         return agent, claims
 
     def _check_claims(self, claims: Mapping[str, Any], now: float) -> None:
@@ -223,40 +238,33 @@ def _bad(description: str, *, detail: str = "") -> Unauthorized:
     return invalid_token(description, detail=f"jwt_assertion: {detail or description}")
 
 
-def _b64url(segment: str) -> bytes:
-    if not _SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
-        raise _bad("assertion is not valid base64url")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
-        raise _bad("assertion is not valid base64url") from None
+def _alg_refused(alg: str) -> Unauthorized:
+    return _bad("assertion algorithm not allowed", detail=f"alg {alg[:16]!r}")
 
 
-def _json_segment(segment: str) -> dict[str, Any]:
+def _refused(exc: JOSEError, token: str) -> Unauthorized:
+    """Map a refusal of :func:`gateway.jose.jws.parse_compact` to this method's answer."""
+    description = _BY_CODE.get(exc.code) or _SYNTAX.get(str(exc))
+    if description is not None:
+        return _bad(description)
+    # The rest concerns the header, which did decode: refused for its alg, or as JSON.
     try:
-        value = json.loads(
-            _b64url(segment).decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (UnicodeDecodeError, ValueError):
+        header = strict_json_value(b64url_decode(token.split(".")[0]))
+    except JOSEError:
+        return _bad("assertion is not valid JSON")
+    if not isinstance(header, dict):
+        return _bad("assertion segment is not a JSON object")
+    return _alg_refused(str(header.get("alg")))
+
+
+def _claims(payload: bytes) -> dict[str, Any]:
+    try:
+        value = strict_json_value(payload)
+    except JOSEError:
         raise _bad("assertion is not valid JSON") from None
     if not isinstance(value, dict):
         raise _bad("assertion segment is not a JSON object")
     return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError("duplicate member")  # SECURITY: RFC 8725 §2.6
-        out[key] = value
-    return out
-
-
-def _no_constant(_: str) -> Any:
-    raise ValueError("NaN/Infinity are not JSON")
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:

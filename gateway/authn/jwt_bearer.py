@@ -1,7 +1,7 @@
 """OAuth access tokens at the resource server: the ``bearer`` authentication method.
 
 Standards: RFC 6750 §2-§3 and OAuth 2.1 §5.2 (presentation, errors), RFC 9068 §4 (JWT access
-token validation), RFC 8725 (JWT BCP, via :mod:`gateway.authn.jose`), RFC 7662 (opaque tokens,
+token validation), RFC 8725 (JWT BCP, via :mod:`gateway.jose`), RFC 7662 (opaque tokens,
 via :mod:`gateway.authn.introspection`), RFC 9449 §7 (DPoP-bound tokens, via
 :mod:`gateway.authn.dpop`), RFC 8705 §3 (certificate-bound tokens), RFC 8693 §4.1 (``act``).
 
@@ -76,15 +76,6 @@ from gateway.authn.introspection import (
     IntrospectionUnavailable,
     check_audience,
 )
-from gateway.authn.jose import (
-    CompactJWS,
-    HeaderCache,
-    TokenError,
-    check_alg,
-    normalize_typ,
-    numeric_date,
-    parse_compact,
-)
 from gateway.authn.jwks import JWKSClient
 from gateway.context import (
     BUFFERED_BODY_KEY,
@@ -95,6 +86,15 @@ from gateway.context import (
     SubjectType,
 )
 from gateway.errors import ConfigError
+from gateway.jose.errors import JOSEError
+from gateway.jose.jws import (
+    CompactJWS,
+    HeaderCache,
+    check_alg,
+    normalize_typ,
+    numeric_date,
+    parse_compact,
+)
 from gateway.settings import BearerMethod, Issuer
 from gateway.state import ReplayCache
 
@@ -128,7 +128,7 @@ _USER_CLAIMS = frozenset(
 _SESSION_CLAIMS = frozenset({"sid", "session_state", "auth_time"})
 
 
-class Refusal(TokenError):
+class Refusal(JOSEError):
     """A refused token, with a log-only ``diagnostic``: what was wanted and what came.
 
     ``str()`` stays the generic public text (RFC 6750 ``error_description``); the diagnostic
@@ -273,7 +273,7 @@ class JWTBearerAuthenticator:
             raise invalid_request("malformed access token", scheme=presented)
         try:
             verified = await self._verified(token)
-        except TokenError as exc:
+        except JOSEError as exc:
             raise self._refused(exc, token, presented) from None
         if verified.jkt is not None or verified.x5t is not None or presented == "DPoP":
             await self._prove(verified, presented, token, request, facts)
@@ -287,13 +287,13 @@ class JWTBearerAuthenticator:
             raise invalid_token("malformed access token")
         try:
             verified = await self._verified(token)
-        except TokenError as exc:
+        except JOSEError as exc:
             raise self._refused(exc, token, "Bearer") from None
         if verified.jkt is not None or verified.x5t is not None:
             raise invalid_token("sender-constrained token cannot be exchanged here")
         return verified.principal
 
-    def _refused(self, exc: TokenError, token: str, scheme: str) -> Exception:
+    def _refused(self, exc: JOSEError, token: str, scheme: str) -> Exception:
         """401 ``invalid_token``: generic public text, the diagnostic in the log detail."""
         diagnostic = exc.diagnostic if isinstance(exc, Refusal) else str(exc)
         detail = f"authn.{self.name}: {diagnostic} (token {token_ref(token)})"
@@ -322,7 +322,7 @@ class JWTBearerAuthenticator:
             verified = await self._verify_jwt(jws)
         except Refusal:
             raise
-        except TokenError as exc:
+        except JOSEError as exc:
             raise Refusal(str(exc), f"{exc} ({_jws_context(jws)})") from None
         await self._still_active(token, verified)
         self._remember(cache_key, verified)
@@ -357,7 +357,7 @@ class JWTBearerAuthenticator:
         _check_alg(jws.alg, issuer.algorithms, issuer.name)
         jwks = self._jwks.get(issuer.name)
         if jwks is None:
-            raise TokenError("issuer does not sign access tokens")
+            raise JOSEError("issuer does not sign access tokens")
         # SECURITY: RFC 8725 §3.10 -- keys come from the configured issuer's JWKS only.
         key = jwks.fresh_key(jws.kid, jws.alg) or await jwks.get_key(jws.kid, jws.alg)
         key.verify(jws.alg, jws.signing_input, jws.signature)
@@ -416,7 +416,7 @@ class JWTBearerAuthenticator:
     def _result(self, claims: Mapping[str, Any], issuer: Issuer, *, until: float) -> _Verified:
         jkt, x5t = _bindings(claims)
         if self.cfg.sender_constraint == "required" and jkt is None and x5t is None:
-            raise TokenError("token is not sender-constrained")
+            raise JOSEError("token is not sender-constrained")
         constraint: SenderConstraint = (
             "dpop" if jkt is not None else "mtls" if x5t is not None else "none"
         )
@@ -501,7 +501,7 @@ def _introspected_always(name: str, cfg: BearerMethod, issuers: Sequence[Issuer]
 def _check_alg(alg: str, allowed: Collection[str], issuer: str | None = None) -> None:
     try:
         check_alg(alg, allowed)
-    except TokenError as exc:
+    except JOSEError as exc:
         whose = f" of issuer {issuer}" if issuer else ""
         raise Refusal(
             str(exc), f"alg {shown(alg, 20)} not allowed, wanted one of {sorted(allowed)}{whose}"
@@ -512,7 +512,7 @@ def _jws_context(jws: CompactJWS) -> str:
     """The unverified header facts of a refused token, for the log line."""
     try:
         iss = jws.claims().get("iss")
-    except TokenError:
+    except JOSEError:
         iss = None
     return f"iss {shown(iss)}, alg {shown(jws.alg, 20)}, kid {shown(jws.kid, 40)}"
 
@@ -565,7 +565,7 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | 
     value = claims.get(name)
     if value is None:
         if required:
-            raise TokenError(f"missing {name}")
+            raise JOSEError(f"missing {name}")
         return None
     return numeric_date(value, name)
 
@@ -573,7 +573,7 @@ def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | 
 def _string(claims: Mapping[str, Any], name: str) -> str:
     value = claims.get(name)
     if not isinstance(value, str) or not value:
-        raise TokenError(f"missing or malformed {name}")
+        raise JOSEError(f"missing or malformed {name}")
     return value
 
 
@@ -598,17 +598,17 @@ def check_jwt_claims(claims: Mapping[str, Any], issuer: Issuer, now: float) -> f
             "token issued in the future", f"iat {ahead:.0f} s ahead (leeway {leeway:g} s)"
         )
     if "aud" not in claims:
-        raise TokenError("missing aud")
+        raise JOSEError("missing aud")
     try:
         check_audience(claims["aud"], issuer.audience)
-    except TokenError as exc:
+    except JOSEError as exc:
         wanted = [issuer.audience] if isinstance(issuer.audience, str) else list(issuer.audience)
         detail = f"aud wanted one of {shown(wanted)}, got {shown(claims['aud'])}"
         raise Refusal(str(exc), detail) from None
     _string(claims, "sub")
     _string(claims, "jti")
     if not isinstance(claims.get("client_id", claims.get("azp")), str):
-        raise TokenError("missing client_id")
+        raise JOSEError("missing client_id")
     return exp
 
 
@@ -616,15 +616,15 @@ def _bindings(claims: Mapping[str, Any]) -> tuple[str | None, str | None]:
     cnf = claims.get("cnf")
     if cnf is None:
         if claims.get("token_type") == "DPoP":
-            raise TokenError("DPoP token without cnf.jkt")  # RFC 9449 §6.2
+            raise JOSEError("DPoP token without cnf.jkt")  # RFC 9449 §6.2
         return None, None
     if not isinstance(cnf, dict):
-        raise TokenError("malformed cnf")
+        raise JOSEError("malformed cnf")
     jkt, x5t = cnf.get("jkt"), cnf.get("x5t#S256")
     if (jkt is not None and not isinstance(jkt, str)) or (
         x5t is not None and not isinstance(x5t, str)
     ):
-        raise TokenError("malformed cnf")
+        raise JOSEError("malformed cnf")
     return jkt, x5t
 
 
@@ -635,9 +635,9 @@ def _strings(claims: Mapping[str, Any], name: str) -> tuple[str, ...]:
     if isinstance(value, str) and name in ("scope", "scp"):
         return tuple(dict.fromkeys(value.split()))
     if name == "scope":
-        raise TokenError("malformed scope")  # RFC 8693 §4.2: a space-delimited string
+        raise JOSEError("malformed scope")  # RFC 8693 §4.2: a space-delimited string
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise TokenError(f"malformed {name}")
+        raise JOSEError(f"malformed {name}")
     return tuple(dict.fromkeys(value))
 
 
@@ -646,10 +646,10 @@ def _actors(act: Any) -> tuple[Actor, ...]:
     actors: list[Actor] = []
     while act is not None:
         if len(actors) >= MAX_ACTOR_DEPTH:
-            raise TokenError("actor chain too deep")
+            raise JOSEError("actor chain too deep")
         sub, iss = (act.get("sub"), act.get("iss")) if isinstance(act, dict) else (None, None)
         if not isinstance(sub, str) or not sub or not isinstance(iss, str | None):
-            raise TokenError("malformed act")
+            raise JOSEError("malformed act")
         actors.append(Actor(sub=sub, iss=iss))
         act = act.get("act")
     return tuple(actors)
@@ -751,10 +751,10 @@ def principal_from_claims(
     """
     sub = claims.get("sub", claims.get("client_id"))
     if not isinstance(sub, str) or not sub:
-        raise TokenError("missing sub")
+        raise JOSEError("missing sub")
     client_id = claims.get("client_id", claims.get("azp"))
     if client_id is not None and not isinstance(client_id, str):
-        raise TokenError("malformed client_id")
+        raise JOSEError("malformed client_id")
     scopes = _strings(claims, "scope") if "scope" in claims else _strings(claims, "scp")
     jti, exp = claims.get("jti"), _number(claims, "exp", required=False)
     attributes, mapped_roles = mapped_attributes(claims, mapping or {})

@@ -3,7 +3,7 @@
 Documented errors: :meth:`DPoPVerifier.verify_proof` raises only
 :class:`gateway.errors.Unauthorized` (``invalid_dpop_proof`` / ``use_dpop_nonce``; the
 replay store here is the memory one, which cannot fail); :func:`normalize_htu` only
-:class:`gateway.authn.jose.TokenError`. Properties:
+:class:`gateway.jose.JOSEError`. Properties:
 
 * a proof edited after signing never verifies; a verified proof names the request's method
   and URI and is refused the second time (replay);
@@ -23,8 +23,9 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from gateway.authn.dpop import DPoPVerifier, normalize_htu
-from gateway.authn.jose import TokenError, jwk_thumbprint
 from gateway.errors import InvalidPath, Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.settings import DPoPSettings
 from gateway.state.memory import MemoryReplayCache
 from gateway.upstream.paths import normalize_path
@@ -162,7 +163,7 @@ def test_proofs(
 def test_normalize_htu_is_idempotent(uri: str) -> None:
     try:
         normal = normalize_htu(uri)
-    except TokenError:
+    except JOSEError:
         return
     assert normalize_htu(normal) == normal
     scheme, _, rest = normal.partition("://")

@@ -37,8 +37,8 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from gateway.app import Gateway
-from gateway.authn.jose import jwk_thumbprint
 from gateway.errors import InvalidPath
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.settings import parse_settings
 from gateway.upstream.paths import normalize_path
 from tests.fuzz.strategies import (

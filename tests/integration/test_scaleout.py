@@ -24,7 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
-from gateway.authn.jose import jwk_thumbprint
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.settings import parse_settings
 from tests.redis_server import RedisServer
 from tests.support import Upstream

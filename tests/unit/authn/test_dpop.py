@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 
 from gateway.authn.dpop import DPoPVerifier, normalize_htu
-from gateway.authn.jose import TokenError, b64url_decode, jwk_thumbprint
 from gateway.errors import Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint
+from gateway.jose.jws import b64url_decode
 from gateway.settings import DPoPSettings
 from gateway.state.memory import MemoryReplayCache
 
@@ -91,7 +93,7 @@ def test_thumbprint_of_okp_key() -> None:
     ids=["oct", "missing-y", "empty"],
 )  # fmt: skip
 def test_thumbprint_refuses_incomplete_keys(jwk: dict[str, Any]) -> None:
-    with pytest.raises(TokenError):
+    with pytest.raises(JOSEError):
         jwk_thumbprint(jwk)
 
 

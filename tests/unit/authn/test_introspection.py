@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 
 from gateway.authn.introspection import InactiveToken, IntrospectionClient, IntrospectionUnavailable
-from gateway.authn.jose import TokenError, jwk_thumbprint
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
 from gateway.errors import ServiceUnavailable, Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.settings import BearerMethod, Issuer, Secret
 from gateway.state.memory import MemoryReplayCache
 
@@ -163,7 +164,7 @@ async def test_member_checks(
     client: IntrospectionClient, endpoint: Any, change: dict[str, Any], description: str
 ) -> None:
     endpoint[0].answers[TOKEN] = {**V["active_response"], **change}
-    with pytest.raises(TokenError, match=description):
+    with pytest.raises(JOSEError, match=description):
         await client.introspect(TOKEN)
 
 

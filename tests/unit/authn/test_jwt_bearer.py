@@ -13,11 +13,11 @@ from aiohttp import streams
 from aiohttp.base_protocol import BaseProtocol
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from gateway.authn.jose import jwk_thumbprint
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
 from gateway.context import BUFFERED_BODY_KEY, Actor, Peer, Principal
 from gateway.devtools.devpki import create_ca, issue_leaf
 from gateway.errors import BadRequest, ConfigError, ServiceUnavailable, Unauthorized
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.net.spiffe import peer_from_der
 from gateway.settings import BearerMethod, Issuer
 from gateway.state.memory import MemoryReplayCache

@@ -23,7 +23,6 @@ from cryptography.hazmat.primitives import serialization
 from pydantic import ValidationError
 
 from gateway.authn.dpop import DPoPVerifier
-from gateway.authn.jose import TokenError, b64url_encode, jwk_thumbprint, parse_compact
 from gateway.authn.jwks import JWKSClient
 from gateway.authn.jwt_bearer import check_jwt_claims
 from gateway.checks import dev_issuer_warnings, static_problems
@@ -39,6 +38,9 @@ from gateway.devtools.devissuer import (
 )
 from gateway.devtools.devpki import init_dev_pki
 from gateway.errors import ConfigError, Unauthorized
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint
+from gateway.jose.jws import b64url_encode, parse_compact
 from gateway.private_files import create_exclusive
 from gateway.settings import DPoPSettings, Issuer, parse_settings
 from gateway.state.memory import MemoryReplayCache
@@ -224,7 +226,7 @@ async def test_a_token_signed_by_another_key_is_refused(tmp_path: Path) -> None:
     issuer = _issuer(tmp_path / "dev.pem")
     other, _ = load_or_create(tmp_path / "other.pem", issuer.algorithms)
     token = sign_access_token(other, access_token_claims(issuer=ISS, audience=AUD, sub="alice"))
-    with pytest.raises(TokenError, match="unknown signing key"):
+    with pytest.raises(JOSEError, match="unknown signing key"):
         await _verify(issuer, token)
 
 

@@ -1,34 +1,36 @@
-"""Shared JOSE checks for every JWT the gateway verifies (RFC 7515, RFC 7517, RFC 7518, RFC 8725).
+"""Compact JWS (RFC 7515 §7.1) verification and signing, with the RFC 8725 rules.
 
 Contract: pure functions and small value types, no I/O, no knowledge of HTTP. Every check
-*raises* :class:`TokenError` (a ``ValueError``) whose ``str()`` is a terse description that is
-safe to put in an ``error_description``; callers map it to their own 401 challenge (Bearer
-``invalid_token``, DPoP ``invalid_dpop_proof``...). Nothing here returns ``False``.
+*raises* :class:`gateway.jose.errors.JOSEError` (a ``ValueError``; ``str()`` is safe to show,
+``code`` is a stable reason); callers map it to their own answer (Bearer ``invalid_token``,
+DPoP ``invalid_dpop_proof``, a Txn-Token ``TxnTokenError``...). Nothing here returns ``False``.
 
 What :func:`parse_compact` enforces before any signature check (RFC 8725 §2, §3):
 
-* size cap, ASCII only, exactly three base64url segments (RFC 7515 §7.1), non-empty signature;
+* a caller-chosen size cap, ASCII only, exactly three base64url segments (RFC 7515 §7.1), a
+  non-empty signature; base64url is strict and canonical (RFC 7515 §2, RFC 4648 §3.5);
 * the header and the payload are UTF-8 JSON objects with no duplicate member names
   (RFC 8725 §2.6, RFC 7515 §5.2 step 4 lets us reject), no ``NaN``/``Infinity`` and no
   number that overflows to infinity (``1e400``);
 * ``alg`` is a string and is never ``none`` in any casing (RFC 8725 §2.1, §3.1);
-* ``crit`` is refused outright: we understand no extension header parameter (RFC 7515 §4.1.11);
+* ``crit`` is refused outright: we understand no extension header parameter (RFC 7515
+  §4.1.11); so is ``b64`` with any value but ``true`` (RFC 7797 unencoded payloads);
 * ``kid`` is a printable ASCII string of at most 256 characters, used only as a dict key
   (RFC 8725 §2.9, §3.10);
 * ``jku``, ``x5u``, ``x5c`` and ``jwk`` are never read here: trust anchors come from
   configuration only (RFC 8725 §3.10). DPoP reads ``jwk`` itself, as a *claimed* key.
 
-:class:`VerificationKey` binds one public key to the algorithms it may be used with (RFC 8725
-§3.1: never an HMAC algorithm, RFC 8725 §2.1) and verifies with ``cryptography`` directly over
-the JWS signing input. ECDSA signatures must be the fixed-size ``R || S`` of RFC 7518 §3.4 with
-``0 < r, s < n``. :func:`jwk_thumbprint` is RFC 7638 §3.
+:func:`check_alg` is the caller's explicit per-call allowlist (never an HMAC algorithm: a
+public key must never become an HMAC secret, RFC 8725 §2.1). :class:`VerificationKey` binds
+one public key to the algorithms it may be used with (RFC 8725 §3.1) and verifies over the
+JWS signing input; ECDSA signatures must be the fixed-size ``R || S`` of RFC 7518 §3.4 with
+``0 < r, s < n``. :func:`sign` / :func:`encode_compact` produce the same forms (RFC 7515 §5.1).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import math
 import re
@@ -40,22 +42,29 @@ from typing import Any, NamedTuple
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from gateway.jose.errors import JOSEError
 
 MAX_KID_CHARS = 256
-MIN_RSA_BITS = 2048  # RFC 7518 §3.3
 _MAX_NUMERIC_DATE = 1 << 53  # integers beyond this are not exact as floats (and never dates)
 
 PublicKey = (
     ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey | rsa.RSAPublicKey
 )
+PrivateKey = (
+    ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+    | rsa.RSAPrivateKey
+)
 
+# RFC 7518 §3.1 / RFC 8037 §3.1: the asymmetric JWS algorithms this layer implements.
 EC_ALGS: Mapping[str, str] = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-OKP_CURVES = frozenset({"Ed25519", "Ed448"})
-
-# RFC 7517 §9.1 / RFC 7518 §6: members that carry private (or symmetric) key material.
-PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 _B64URL_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
 _B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -63,10 +72,6 @@ _B64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 # (resp. 2) bits are zero (RFC 4648 §3.5).
 _LAST_CHAR = {2: frozenset(_B64URL_ALPHABET[::16]), 3: frozenset(_B64URL_ALPHABET[::4])}
 _KID = re.compile(rf"[\x20-\x7e]{{1,{MAX_KID_CHARS}}}")
-
-
-class TokenError(ValueError):
-    """A token, proof or key failed a check; ``str()`` is safe to show to the caller."""
 
 
 # --------------------------------------------------------------------------- encoding
@@ -85,12 +90,12 @@ def b64url_decode(segment: str) -> bytes:
         data = segment.encode("ascii").translate(_B64URL_TO_STD)
         decoded = binascii.a2b_base64(data + b"=" * (-len(segment) % 4), strict_mode=True)
     except (ValueError, binascii.Error):
-        raise TokenError("malformed base64url") from None
+        raise JOSEError("malformed base64url") from None
     last = _LAST_CHAR.get(len(segment) % 4)
     if last is not None and segment[-1] not in last:
         # SECURITY: otherwise 'AB' decodes like 'AA': a signed token would have several
         # spellings, each with a different hash (replay caches, token-keyed caches).
-        raise TokenError("malformed base64url")
+        raise JOSEError("malformed base64url")
     return decoded
 
 
@@ -102,19 +107,19 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         # SECURITY: RFC 8725 §2.6 -- two parsers must never see two different values.
-        raise TokenError("duplicate JSON member name")
+        raise JOSEError("duplicate JSON member name")
     return obj
 
 
 def _no_constant(name: str) -> Any:
-    raise TokenError(f"non-JSON constant {name}")
+    raise JOSEError(f"non-JSON constant {name}")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         # SECURITY: "exp": 1e400 would otherwise parse as infinity -- a token that never expires.
-        raise TokenError("number out of range")
+        raise JOSEError("number out of range")
     return value
 
 
@@ -133,16 +138,27 @@ def strict_json_object(data: bytes | str) -> dict[str, Any]:
     try:
         text = (data.decode("utf-8") if isinstance(data, bytes) else data).strip(_JSON_WS)
         if not text.startswith("{"):
-            raise TokenError("JSON value is not an object")
+            raise JOSEError("JSON value is not an object")
         value, end = _SCAN(text, 0)
-    except TokenError:
+    except JOSEError:
         raise
     except (ValueError, RecursionError, StopIteration):
         # UnicodeDecodeError and JSONDecodeError are ValueErrors; so is an over-long integer.
-        raise TokenError("malformed JSON") from None
+        raise JOSEError("malformed JSON") from None
     if end != len(text) or not isinstance(value, dict):
-        raise TokenError("malformed JSON")
+        raise JOSEError("malformed JSON")
     return value
+
+
+def strict_json_value(data: bytes | str) -> Any:
+    """Parse UTF-8 JSON of any type with the rules of :func:`strict_json_object`."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _DECODER.decode(text)
+    except JOSEError:
+        raise
+    except (ValueError, RecursionError):
+        raise JOSEError("malformed JSON") from None
 
 
 def numeric_date(value: Any, name: str) -> float:
@@ -152,7 +168,7 @@ def numeric_date(value: Any, name: str) -> float:
         return float(value)
     if type(value) is float and math.isfinite(value):
         return value
-    raise TokenError(f"malformed {name}")
+    raise JOSEError(f"malformed {name}")
 
 
 # --------------------------------------------------------------------------- compact JWS
@@ -189,12 +205,12 @@ def parse_compact(
     the cache is emptied when it reaches ``HEADER_CACHE_ENTRIES``.
     """
     if len(token) > max_bytes:
-        raise TokenError("token too large")
+        raise JOSEError("token too large")
     if not token.isascii():
-        raise TokenError("malformed token")
+        raise JOSEError("malformed token")
     parts = token.split(".")
     if len(parts) != 3:
-        raise TokenError("not a compact JWS")
+        raise JOSEError("not a compact JWS")
     cached = header_cache.get(parts[0]) if header_cache is not None else None
     if cached is None:
         header = strict_json_object(b64url_decode(parts[0]))
@@ -205,7 +221,7 @@ def parse_compact(
             header_cache[parts[0]] = cached
     signature = b64url_decode(parts[2])
     if not signature:
-        raise TokenError("missing signature")
+        raise JOSEError("missing signature")
     return CompactJWS(
         cached[0],
         cached[1],
@@ -221,20 +237,24 @@ def check_header(header: Mapping[str, Any]) -> tuple[str, str | None, str | None
     """Return ``(alg, kid, typ)`` of a protected header, or raise."""
     alg = header.get("alg")
     if not isinstance(alg, str) or not alg:
-        raise TokenError("missing alg")
+        raise JOSEError("missing alg")
     if alg.lower() == "none":
         # SECURITY: RFC 8725 §2.1 -- unsecured JWS is never accepted, whatever the casing.
-        raise TokenError("alg none refused")
+        raise JOSEError("alg none refused", "alg_refused")
     if "crit" in header:
         # SECURITY: RFC 7515 §4.1.11 -- we understand no extension, so any crit must fail.
-        raise TokenError("unsupported crit header parameter")
+        raise JOSEError("unsupported crit header parameter", "crit")
+    if header.get("b64", True) is not True:
+        # SECURITY: RFC 7797 -- an unencoded payload changes what the signature covers; we
+        # never implement it (and it needs crit, refused above, to be valid at all).
+        raise JOSEError("unsupported b64 header parameter", "crit")
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or not _KID.fullmatch(kid)):
         # SECURITY: RFC 8725 §2.9 -- kid is opaque and bounded; it only ever indexes a dict.
-        raise TokenError("malformed kid")
+        raise JOSEError("malformed kid", "bad_kid")
     typ = header.get("typ")
     if typ is not None and not isinstance(typ, str):
-        raise TokenError("malformed typ")
+        raise JOSEError("malformed typ", "wrong_typ")
     return alg, kid, typ
 
 
@@ -243,7 +263,7 @@ def check_alg(alg: str, allowed: Collection[str]) -> None:
     # SECURITY: HMAC algorithms are refused even if a caller's allowlist were to name one:
     # a public key must never become an HMAC secret (RFC 8725 §2.1 key confusion).
     if alg not in allowed or alg.startswith("HS") or alg.lower() == "none":
-        raise TokenError("algorithm not allowed")
+        raise JOSEError("algorithm not allowed", "alg_refused")
 
 
 def normalize_typ(typ: str) -> str:
@@ -256,7 +276,7 @@ def normalize_typ(typ: str) -> str:
 
 def check_typ(typ: str | None, expected: str) -> None:
     if typ is None or normalize_typ(typ) != normalize_typ(expected):
-        raise TokenError("wrong token type")
+        raise JOSEError("wrong token type", "wrong_typ")
 
 
 # --------------------------------------------------------------------------- keys
@@ -281,12 +301,6 @@ _EC_ORDER: Mapping[str, int] = {
         16,
     ),
 }
-_EC_SIZE: Mapping[str, int] = {"P-256": 32, "P-384": 48, "P-521": 66}
-_EC_CURVE: Mapping[str, Callable[[], ec.EllipticCurve]] = {
-    "P-256": ec.SECP256R1,
-    "P-384": ec.SECP384R1,
-    "P-521": ec.SECP521R1,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,14 +318,14 @@ class VerificationKey:
         object.__setattr__(self, "_check", _verifier(self.key))
 
     def verify(self, alg: str, signing_input: bytes, signature: bytes) -> None:
-        """Verify a JWS signature made with ``alg``; raise :class:`TokenError` otherwise."""
+        """Verify a JWS signature made with ``alg``; raise :class:`JOSEError` otherwise."""
         if alg not in self.algs:
             # SECURITY: RFC 8725 §3.1 -- the key decides which algorithm it may be used with.
-            raise TokenError("algorithm does not match the key")
+            raise JOSEError("algorithm does not match the key", "alg_refused")
         try:
             self._check(alg, signing_input, signature)
         except (InvalidSignature, ValueError, UnsupportedAlgorithm):
-            raise TokenError("signature verification failed") from None
+            raise JOSEError("signature verification failed", "bad_signature") from None
 
 
 # Signature parameter objects are stateless; build them once, not per verification.
@@ -360,96 +374,63 @@ def _ecdsa_der(signature: bytes, size: int, order: int) -> bytes:
     return encode_dss_signature(r, s)
 
 
-def public_key_from_jwk(jwk: Mapping[str, Any]) -> tuple[PublicKey, frozenset[str]]:
-    """Build a public key from a JWK; return it with the algorithms its type permits.
+# --------------------------------------------------------------------------- signing
 
-    Refuses private or symmetric keys (``oct`` and any private member), unknown key types,
-    EC points off the curve or not full-length (RFC 7518 §6.2.1.2), RSA under 2048 bits.
+
+def private_key_algs(key: PrivateKey) -> frozenset[str]:
+    """The JWS algorithms a private key may sign with (RFC 8725 §3.1: never HMAC)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        alg = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}.get(key.curve.name)
+        return frozenset({alg}) if alg else frozenset()
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return frozenset({"EdDSA"})
+    return RSA_ALGS
+
+
+def sign(key: PrivateKey, alg: str, signing_input: bytes) -> bytes:
+    """The JWS signature of ``signing_input`` (RFC 7515 §5.1 step 5) in its RFC 7518 form.
+
+    ECDSA gives the fixed-size ``R || S`` of RFC 7518 §3.4 (not DER). Raises
+    :class:`JOSEError` if ``alg`` is not one the key may sign with.
     """
-    if PRIVATE_MEMBERS.intersection(jwk):
-        # SECURITY: a JWK with private members is never a verification key.
-        raise TokenError("JWK contains private key material")
-    kty = jwk.get("kty")
-    if kty == "EC":
-        return _ec_key(jwk)
-    if kty == "OKP":
-        return _okp_key(jwk)
-    if kty == "RSA":
-        return _rsa_key(jwk)
-    raise TokenError("unsupported JWK key type")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        ecdsa = _ECDSA.get(alg)
+        size = (key.curve.key_size + 7) // 8
+        if ecdsa is None or f"ES{_EC_HASH.get(size)}" != alg:
+            raise JOSEError("algorithm does not match the key", "alg_refused")
+        r, s = decode_dss_signature(key.sign(signing_input, ecdsa))
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        if alg != "EdDSA":
+            raise JOSEError("algorithm does not match the key", "alg_refused")
+        return key.sign(signing_input)
+    if alg not in RSA_ALGS:
+        raise JOSEError("algorithm does not match the key", "alg_refused")
+    pad = _PSS[alg] if alg.startswith("PS") else padding.PKCS1v15()
+    return key.sign(signing_input, pad, _DIGESTS[alg[2:]])
 
 
-def _member(jwk: Mapping[str, Any], name: str) -> bytes:
-    value = jwk.get(name)
-    if not isinstance(value, str) or not value:
-        raise TokenError(f"JWK member {name} missing")
-    return b64url_decode(value)
+# ECDSA key size in bytes -> the hash its JWS algorithm uses (P-256/SHA-256...).
+_EC_HASH: Mapping[int, str] = {32: "256", 48: "384", 66: "512"}
 
 
-def _ec_key(jwk: Mapping[str, Any]) -> tuple[PublicKey, frozenset[str]]:
-    crv = jwk.get("crv")
-    if not isinstance(crv, str) or crv not in EC_ALGS:
-        raise TokenError("unsupported EC curve")
-    x, y = _member(jwk, "x"), _member(jwk, "y")
-    if len(x) != _EC_SIZE[crv] or len(y) != _EC_SIZE[crv]:
-        raise TokenError("EC coordinate has the wrong length")
-    numbers = ec.EllipticCurvePublicNumbers(
-        int.from_bytes(x, "big"), int.from_bytes(y, "big"), _EC_CURVE[crv]()
-    )
-    try:
-        # SECURITY: RFC 8725 §3.4 -- cryptography refuses points that are not on the curve.
-        key = numbers.public_key()
-    except ValueError:
-        raise TokenError("EC point is not on the curve") from None
-    return key, frozenset({EC_ALGS[crv]})
+def encode_json(value: Mapping[str, Any]) -> str:
+    """base64url of compact JSON (no whitespace), for a header or a claims segment."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return b64url_encode(text.encode("utf-8"))
 
 
-def _okp_key(jwk: Mapping[str, Any]) -> tuple[PublicKey, frozenset[str]]:
-    crv, x = jwk.get("crv"), _member(jwk, "x")
-    try:
-        if crv == "Ed25519":
-            return ed25519.Ed25519PublicKey.from_public_bytes(x), frozenset({"EdDSA"})
-        if crv == "Ed448":
-            return ed448.Ed448PublicKey.from_public_bytes(x), frozenset({"EdDSA"})
-    except (ValueError, UnsupportedAlgorithm):
-        raise TokenError("malformed OKP key") from None
-    raise TokenError("unsupported OKP curve")
+def encode_compact(header: Mapping[str, Any], payload: bytes, key: PrivateKey) -> str:
+    """A JWS Compact Serialization of ``payload`` (RFC 7515 §3.1, §5.1).
 
-
-def _rsa_key(jwk: Mapping[str, Any]) -> tuple[PublicKey, frozenset[str]]:
-    n = int.from_bytes(_member(jwk, "n"), "big")
-    e = int.from_bytes(_member(jwk, "e"), "big")
-    if n.bit_length() < MIN_RSA_BITS:
-        raise TokenError("RSA key too small")
-    try:
-        key = rsa.RSAPublicNumbers(e, n).public_key()
-    except ValueError:
-        raise TokenError("malformed RSA key") from None
-    return key, RSA_ALGS
-
-
-_THUMBPRINT_MEMBERS: Mapping[str, tuple[str, ...]] = {
-    "EC": ("crv", "kty", "x", "y"),
-    "OKP": ("crv", "kty", "x"),
-    "RSA": ("e", "kty", "n"),
-}
-
-
-def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
-    """RFC 7638 §3 SHA-256 thumbprint, base64url without padding (``cnf.jkt``, RFC 9449 §6)."""
-    members = _THUMBPRINT_MEMBERS.get(str(jwk.get("kty")))
-    if members is None:
-        raise TokenError("unsupported JWK key type")
-    required: dict[str, str] = {}
-    for name in members:
-        value = jwk.get(name)
-        if not isinstance(value, str):
-            raise TokenError(f"JWK member {name} missing")
-        required[name] = value
-    # RFC 7638 §3.3: lexicographic member order, no whitespace, UTF-8.
-    canonical = json.dumps(required, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
-    try:
-        encoded = canonical.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") from JSON has no UTF-8 form
-        raise TokenError("malformed JWK member") from None
-    return b64url_encode(hashlib.sha256(encoded).digest())
+    ``header`` must name ``alg`` (one the key may sign with); it is sent as given, so the
+    caller sets ``typ``/``kid`` (RFC 8725 §3.11 explicit typing is the caller's choice).
+    """
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        raise JOSEError("missing alg")
+    check_header(header)
+    head = encode_json(header)
+    body = b64url_encode(payload)
+    signing_input = f"{head}.{body}".encode("ascii")
+    return f"{head}.{body}.{b64url_encode(sign(key, alg, signing_input))}"
