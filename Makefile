@@ -43,11 +43,11 @@ test: bootstrap ## run the test suite (PYTEST_ARGS=... passes through)
 	@if [[ -d policies ]] && find policies -name '*_test.rego' -print -quit | grep -q .; then \
 		echo "+ opa test policies/"; opa test policies/; fi
 
-lint: lint-python lint-docker lint-rego ## ruff, mypy --strict, hadolint, opa fmt/check, regal
+lint: lint-python lint-docker lint-rego ## ruff, mypy --strict, import-linter layers, hadolint, opa fmt/check, regal
 
 # Each linter runs even if an earlier one failed; the target fails if any did.
 lint-python: install
-	@rc=0; for cmd in "ruff check ." "ruff format --check ." "mypy --strict gateway/"; do \
+	@rc=0; for cmd in "ruff check ." "ruff format --check ." "mypy --strict gateway/" "lint-imports"; do \
 		echo "+ $$cmd"; $(VENV)/bin/$$cmd || rc=1; done; \
 	echo "+ agentgate config-schema | diff config/gateway.schema.json -"; \
 	$(VENV)/bin/agentgate config-schema | diff -u config/gateway.schema.json - \

@@ -30,6 +30,7 @@ from gateway.admin import PROBES, Readiness, admin_app
 from gateway.authn.compose import AuthnService
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
 from gateway.authz.engine import PolicyDecisionPoint, build_pdp
+from gateway.authz.exchange import exchange_input
 from gateway.credentials.manager import CredentialManager
 from gateway.lifecycle import (
     Fingerprint,
@@ -251,12 +252,11 @@ class Gateway:
             issuer = TxnTokenIssuer(
                 runtime.tokens.minter,
                 header=tt.header,
-                txn_methods=authn.txn_methods if authn else (),
                 replay=self.state.replay if tt.replay_check else None,
                 ttl_s=tt.ttl_s,
             )
             # The PDP and access-token calls of POST /token read this Gateway's current runtime.
-            endpoints = token_endpoints(runtime.tokens, self, FACTS_KEY)
+            endpoints = token_endpoints(runtime.tokens, self, FACTS_KEY, exchange_input)
         return Pipeline(
             routes=RouteTable(settings.routes),
             forwarder=runtime.forwarder,

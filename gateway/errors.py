@@ -231,6 +231,42 @@ class GatewayTimeout(GatewayError):
     public = "upstream timed out"
 
 
+# --------------------------------------------------------------------------- RFC 6750 §3
+
+REALM = "agentgate"
+
+
+def _quote(value: str) -> str:
+    # RFC 9110 quoted-string: escape backslash and quote; drop CR/LF outright.
+    cleaned = value.replace("\\", "\\\\").replace('"', '\\"')
+    return "".join(ch for ch in cleaned if ch >= " " and ch != "\x7f")
+
+
+def challenge(scheme: str, **params: str) -> str:
+    """``Bearer realm="agentgate", error="invalid_token"`` with safe quoting."""
+    parts = [f'{key}="{_quote(val)}"' for key, val in params.items()]
+    return f"{scheme} {', '.join(parts)}" if parts else scheme
+
+
+def invalid_token(
+    description: str, *, scheme: str = "Bearer", detail: str = "", reason: str = "authn_invalid"
+) -> Unauthorized:
+    """401 per RFC 6750 §3.1; ``description`` is public, keep it generic."""
+    header = challenge(scheme, realm=REALM, error="invalid_token", error_description=description)
+    return Unauthorized(detail or description, reason=reason, headers={"WWW-Authenticate": header})
+
+
+def invalid_request(description: str, *, scheme: str = "Bearer") -> BadRequest:
+    """400 per RFC 6750 §3.1: malformed credential, or a credential sent twice."""
+    header = challenge(scheme, realm=REALM, error="invalid_request", error_description=description)
+    return BadRequest(
+        description,
+        reason="invalid_request",
+        public=description,
+        headers={"WWW-Authenticate": header},
+    )
+
+
 class ConfigError(Exception):
     """Invalid configuration: a list of ``(dotted.path, message)`` pairs."""
 

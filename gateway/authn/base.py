@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from gateway.context import Inbound, Principal, RequestFacts
-from gateway.errors import BadRequest, Unauthorized
 
-REALM = "agentgate"
+# The RFC 6750 §3 error factories live in gateway.errors; methods import them from here too.
+from gateway.errors import REALM, challenge, invalid_request, invalid_token
 
 
 class Method(Protocol):
@@ -38,37 +38,6 @@ class Method(Protocol):
         ...
 
     async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None: ...
-
-
-def _quote(value: str) -> str:
-    # RFC 9110 quoted-string: escape backslash and quote; drop CR/LF outright.
-    cleaned = value.replace("\\", "\\\\").replace('"', '\\"')
-    return "".join(ch for ch in cleaned if ch >= " " and ch != "\x7f")
-
-
-def challenge(scheme: str, **params: str) -> str:
-    """``Bearer realm="agentgate", error="invalid_token"`` with safe quoting."""
-    parts = [f'{key}="{_quote(val)}"' for key, val in params.items()]
-    return f"{scheme} {', '.join(parts)}" if parts else scheme
-
-
-def invalid_token(
-    description: str, *, scheme: str = "Bearer", detail: str = "", reason: str = "authn_invalid"
-) -> Unauthorized:
-    """401 per RFC 6750 §3.1; ``description`` is public, keep it generic."""
-    header = challenge(scheme, realm=REALM, error="invalid_token", error_description=description)
-    return Unauthorized(detail or description, reason=reason, headers={"WWW-Authenticate": header})
-
-
-def invalid_request(description: str, *, scheme: str = "Bearer") -> BadRequest:
-    """400 per RFC 6750 §3.1: malformed credential, or a credential sent twice."""
-    header = challenge(scheme, realm=REALM, error="invalid_request", error_description=description)
-    return BadRequest(
-        description,
-        reason="invalid_request",
-        public=description,
-        headers={"WWW-Authenticate": header},
-    )
 
 
 def authorization(request: Inbound) -> tuple[str, str] | None:
@@ -87,3 +56,13 @@ def authorization(request: Inbound) -> tuple[str, str] | None:
     if not scheme or not credentials:
         raise invalid_request("malformed Authorization header")
     return scheme.lower(), credentials
+
+
+__all__ = [
+    "REALM",
+    "Method",
+    "authorization",
+    "challenge",
+    "invalid_request",
+    "invalid_token",
+]

@@ -132,7 +132,6 @@ class AuthnService:
         self._handlers: dict[str, type[MethodType]] = {
             name: handlers[kind] for name, kind in self._types.items()
         }
-        self.txn_methods = frozenset(n for n, t in self._types.items() if t == "txn_token")
         self._rules = settings.callers
         self._challenges: dict[int, str] = {}
         self._bindings = {

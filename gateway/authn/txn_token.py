@@ -26,12 +26,12 @@ should require the caller's own identity too: ``authn: {all_of: [mtls, txn_token
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, Self, cast
 
 from gateway.authn.base import invalid_request, invalid_token
 from gateway.authn.registry import BuildEnv, register
-from gateway.context import Actor, Identity, Inbound, Principal, RequestFacts, SubjectType
+from gateway.context import Actor, Inbound, Principal, RequestFacts, SubjectType
 from gateway.errors import ConfigError, Forbidden, ServiceUnavailable
 from gateway.sdk.txn import TXN_TOKEN_HEADER, KeysUnavailable, TxnTokenError
 from gateway.settings import TxnTokenMethod
@@ -172,12 +172,3 @@ def _actors(act: Any) -> list[Actor]:
             raise Forbidden("actor chain deeper than 8", reason="actor_chain_too_deep")
         act = act.get("act")
     return out
-
-
-def continued_txn(identity: Identity, txn_methods: Collection[str]) -> str | None:
-    """The ``txn`` to continue when the primary principal came from a Txn-Token method
-    (instance names in ``txn_methods``), else None (a new transaction)."""
-    principal = identity.principal
-    if principal.method in txn_methods and isinstance(principal.claims.get("txn"), str):
-        return str(principal.claims["txn"])
-    return None

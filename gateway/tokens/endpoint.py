@@ -13,7 +13,8 @@ route matching (they are the gateway's own endpoints, never proxied):
 only place that asks them:
 
 * **the PDP** (:meth:`TokenExchange.authorize`), action ``token.exchange``, with the input
-  :func:`gateway.authz.exchange.exchange_input` builds from the request's facts (the ones the
+  ``exchange_input`` builds (:func:`gateway.authz.exchange.exchange_input`, handed in by the
+  composition root so that this stage does not import authz) from the request's facts (the ones the
   pipeline observed for this request, under ``facts_key``; built afresh only if there are
   none). No PDP is a 503
   ``pdp_unavailable`` (fail closed; settings validation already requires one);
@@ -29,12 +30,11 @@ imports nothing of :mod:`gateway.authn`: the validator is reached through ``sour
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from gateway.authz.exchange import exchange_input
 from gateway.context import Decision, Identity, RequestFacts
 from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.tokens.keys import JWKS_PATH, make_jwks_handler
@@ -62,6 +62,23 @@ class Observes(Protocol):
     def observe(self, request: web.BaseRequest, request_id: str) -> RequestFacts: ...
 
 
+class BuildsExchangeInput(Protocol):
+    """:func:`gateway.authz.exchange.exchange_input`: the policy input of ``POST /token``."""
+
+    def __call__(
+        self,
+        facts: RequestFacts,
+        *,
+        kind: str,
+        client: str,
+        identity: Identity | None,
+        scopes: Sequence[str],
+        current_scopes: Sequence[str],
+        txn: str | None,
+        claims: Mapping[str, Any] | None,
+    ) -> dict[str, Any]: ...
+
+
 class ExchangeSource(Protocol):
     """Where :class:`TokenExchange` finds the current PDP, authn service and pipeline."""
 
@@ -78,9 +95,15 @@ class ExchangeSource(Protocol):
 class TokenExchange:
     """The PDP and validation calls of ``POST /token``; see the module docstring."""
 
-    def __init__(self, source: ExchangeSource, facts_key: web.RequestKey[RequestFacts]) -> None:
+    def __init__(
+        self,
+        source: ExchangeSource,
+        facts_key: web.RequestKey[RequestFacts],
+        exchange_input: BuildsExchangeInput,
+    ) -> None:
         self._source = source
         self._facts_key = facts_key
+        self._exchange_input = exchange_input
 
     async def authorize(self, request: web.BaseRequest, exchange: ExchangeRequest) -> Decision:
         """Ask the PDP about ``POST /token`` (action ``token.exchange``)."""
@@ -89,7 +112,7 @@ class TokenExchange:
         if pdp is None:  # settings validation requires a PDP for the Token Service
             raise ServiceUnavailable("no PDP for token exchange", reason="pdp_unavailable")
         facts = request.get(self._facts_key) or source.pipeline.observe(request, str(uuid.uuid4()))
-        document = exchange_input(
+        document = self._exchange_input(
             facts,
             kind=exchange.kind,
             client=exchange.client,
@@ -112,7 +135,10 @@ class TokenExchange:
 
 
 def token_endpoints(
-    kit: TokenKit, source: ExchangeSource, facts_key: web.RequestKey[RequestFacts]
+    kit: TokenKit,
+    source: ExchangeSource,
+    facts_key: web.RequestKey[RequestFacts],
+    exchange_input: BuildsExchangeInput,
 ) -> dict[str, Handler]:
     """The Token Service's table ``path -> handler`` (JWKS always, ``/token`` if clients).
 
@@ -125,7 +151,7 @@ def token_endpoints(
         JWKS_PATH: make_jwks_handler(kit.keys, max_age_s=tt.jwks_max_age_s)
     }
     if tt.token_service_clients:
-        exchange = TokenExchange(source, facts_key)
+        exchange = TokenExchange(source, facts_key, exchange_input)
         endpoints[TOKEN_PATH] = make_token_handler(
             minter=kit.minter,
             verifier=kit.verifier,

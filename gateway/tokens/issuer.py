@@ -8,11 +8,10 @@ hop authenticated by the ``txn_token`` method the transaction continues (same
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
-from gateway.authn.base import invalid_token
-from gateway.authn.txn_token import continued_txn
 from gateway.context import Identity, RequestFacts
+from gateway.errors import invalid_token
 from gateway.state import ReplayCache
 from gateway.tokens.txn_token import TxnTokenMinter
 
@@ -23,13 +22,11 @@ class TxnTokenIssuer:
         minter: TxnTokenMinter,
         *,
         header: str,
-        txn_methods: Collection[str],
         replay: ReplayCache | None,
         ttl_s: float,
     ) -> None:
         self.minter = minter
         self.header = header
-        self._txn_methods = frozenset(txn_methods)
         self._replay = replay
         self._ttl_s = ttl_s
 
@@ -37,7 +34,8 @@ class TxnTokenIssuer:
         self, identity: Identity, facts: RequestFacts, route: str, scopes: Sequence[str]
     ) -> tuple[str, str]:
         """The signed Txn-Token and its ``txn`` (for the audit record)."""
-        txn = continued_txn(identity, self._txn_methods)
+        # The transaction continues when a Txn-Token is the primary credential (east-west).
+        txn = identity.continued_txn
         if txn is not None:
             exp = identity.principal.expires_at
             # SECURITY: SPECS.md §1.6/§1.8 -- never issue from an expired Txn-Token, not even

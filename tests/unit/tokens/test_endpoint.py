@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from gateway.authz.exchange import exchange_input
 from gateway.context import Decision, Identity, RequestFacts
 from gateway.errors import ServiceUnavailable, Unauthorized
 from gateway.pipeline import FACTS_KEY
@@ -110,13 +111,13 @@ def _kit(es_key: tuple[Path, SigningKey], clients: tuple[str, ...]) -> TokenKit:
 def test_table_paths(
     es_key: tuple[Path, SigningKey], clients: tuple[str, ...], paths: list[str]
 ) -> None:
-    table = token_endpoints(_kit(es_key, clients), Source(), FACTS_KEY)
+    table = token_endpoints(_kit(es_key, clients), Source(), FACTS_KEY, exchange_input)
     assert list(table) == paths
 
 
 async def test_jwks_entry_serves_the_key_ring(es_key: tuple[Path, SigningKey]) -> None:
     kit = _kit(es_key, ())
-    handler = token_endpoints(kit, Source(), FACTS_KEY)[JWKS_PATH]
+    handler = token_endpoints(kit, Source(), FACTS_KEY, exchange_input)[JWKS_PATH]
     resp = await handler(make_mocked_request("GET", JWKS_PATH))
     assert isinstance(resp, web.Response)
     assert resp.status == 200
@@ -132,7 +133,9 @@ async def test_token_entry_refuses_a_non_allowlisted_caller(
     es_key: tuple[Path, SigningKey],
 ) -> None:
     # The entry is make_token_handler's: a mocked request has no mTLS peer -> invalid_client.
-    handler = token_endpoints(_kit(es_key, (PLANNER,)), Source(), FACTS_KEY)[TOKEN_PATH]
+    handler = token_endpoints(_kit(es_key, (PLANNER,)), Source(), FACTS_KEY, exchange_input)[
+        TOKEN_PATH
+    ]
     resp = await handler(make_mocked_request("POST", TOKEN_PATH))
     assert isinstance(resp, web.Response)
     assert resp.status == 401
@@ -150,7 +153,9 @@ async def test_authorize_asks_the_pdp_with_the_observed_facts(kind: str) -> None
     source = Source(pdp=pdp)
     request = make_mocked_request("POST", TOKEN_PATH)
     request[FACTS_KEY] = facts(path=TOKEN_PATH, the_peer=peer(), request_id="req-observed")
-    decision = await TokenExchange(source, FACTS_KEY).authorize(request, _exchange(kind))
+    decision = await TokenExchange(source, FACTS_KEY, exchange_input).authorize(
+        request, _exchange(kind)
+    )
     assert decision.decision_id == "d-1"
     assert source.pipeline.observed == []  # the pipeline's facts are used, not rebuilt
     [(document, subject_scopes)] = pdp.calls
@@ -163,7 +168,7 @@ async def test_authorize_observes_when_the_request_has_no_facts() -> None:
     pdp = RecordingPDP(_decision("d-2"))
     source = Source(pdp=pdp)
     request = make_mocked_request("POST", TOKEN_PATH)
-    await TokenExchange(source, FACTS_KEY).authorize(request, _exchange())
+    await TokenExchange(source, FACTS_KEY, exchange_input).authorize(request, _exchange())
     [request_id] = source.pipeline.observed
     assert pdp.calls[0][0]["request"]["id"] == request_id
 
@@ -171,7 +176,7 @@ async def test_authorize_observes_when_the_request_has_no_facts() -> None:
 async def test_authorize_reads_the_current_pdp_at_each_call() -> None:
     first, second = RecordingPDP(_decision("old")), RecordingPDP(_decision("new"))
     source = Source(pdp=first)
-    exchange = TokenExchange(source, FACTS_KEY)
+    exchange = TokenExchange(source, FACTS_KEY, exchange_input)
     request = make_mocked_request("POST", TOKEN_PATH)
     assert (await exchange.authorize(request, _exchange())).decision_id == "old"
     source.pdp = second  # a reload swapped the runtime
@@ -182,7 +187,7 @@ async def test_authorize_reads_the_current_pdp_at_each_call() -> None:
 async def test_authorize_without_a_pdp_fails_closed() -> None:
     request = make_mocked_request("POST", TOKEN_PATH)
     with pytest.raises(ServiceUnavailable) as caught:
-        await TokenExchange(Source(), FACTS_KEY).authorize(request, _exchange())
+        await TokenExchange(Source(), FACTS_KEY, exchange_input).authorize(request, _exchange())
     assert (caught.value.status, caught.value.reason) == (503, "pdp_unavailable")
 
 
@@ -192,7 +197,7 @@ async def test_authorize_without_a_pdp_fails_closed() -> None:
 async def test_validate_delegates_to_the_current_authn_service() -> None:
     alice, bob = identity(), identity()
     source = Source(authn=RecordingAuthn(alice))
-    exchange = TokenExchange(source, FACTS_KEY)
+    exchange = TokenExchange(source, FACTS_KEY, exchange_input)
     request = make_mocked_request("POST", TOKEN_PATH)
     assert await exchange.validate_access_token("at-1", request) is alice
     replacement = RecordingAuthn(bob)
@@ -204,5 +209,7 @@ async def test_validate_delegates_to_the_current_authn_service() -> None:
 async def test_validate_without_authn_is_a_401_the_service_maps_to_invalid_grant() -> None:
     request = make_mocked_request("POST", TOKEN_PATH)
     with pytest.raises(Unauthorized) as caught:
-        await TokenExchange(Source(), FACTS_KEY).validate_access_token("at", request)
+        await TokenExchange(Source(), FACTS_KEY, exchange_input).validate_access_token(
+            "at", request
+        )
     assert (caught.value.status, caught.value.reason) == (401, "authn_invalid")
