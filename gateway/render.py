@@ -12,6 +12,7 @@ import json
 from http import HTTPStatus
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.errors import GatewayError
 
@@ -38,7 +39,9 @@ def problem(
     }
     if decision_id is not None:
         body["decision_id"] = decision_id
-    out = dict(headers or {})
+    # SECURITY: header names are case-insensitive (RFC 9110 §5.1): a CIMultiDict, so that an
+    # error's ``x-request-id`` or ``cache-control`` cannot sit beside (and before) ours.
+    out = CIMultiDict(headers or {})
     out[REQUEST_ID] = request_id
     out["Cache-Control"] = "no-store"
     return web.Response(
