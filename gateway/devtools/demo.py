@@ -31,7 +31,6 @@ behave as described, else 0.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import hmac
@@ -50,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import jwt
 import yaml
 from aiohttp import web
 from cryptography import x509
@@ -59,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.app import Gateway
 from gateway.devtools.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_files
+from gateway.jose.jws import b64url_encode, encode_compact
 from gateway.private_files import write_atomic
 from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
 from gateway.settings import load_settings
@@ -112,10 +111,6 @@ def _heading(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- display
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def short_token(token: str) -> str:
@@ -361,13 +356,14 @@ class DevIssuer:
             claims["act"] = {"sub": act}  # RFC 8693 §4.1: the agent acts for sub
         if bind_to is not None:
             claims["cnf"] = {"x5t#S256": cert_thumbprint(bind_to)}  # RFC 8705 §3.1
-        headers = {"kid": self.kid, "typ": "at+jwt"}
-        return jwt.encode(claims, self.key, algorithm="ES256", headers=headers), claims
+        header = {"alg": "ES256", "kid": self.kid, "typ": "at+jwt"}
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        return encode_compact(header, payload, self.key), claims
 
 
 def cert_thumbprint(cert_file: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
-    return _b64url(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
+    return b64url_encode(hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest())
 
 
 # --------------------------------------------------------------------------- policies

@@ -24,13 +24,13 @@ Contract:
   ``nonce`` when given).
 * :func:`cert_thumbprint` is ``x5t#S256`` of a PEM certificate: base64url(SHA-256(DER)).
 
-Signing reuses :mod:`gateway.tokens` (one JOSE signer, one JWK/thumbprint function).
+Signing reuses :mod:`gateway.jose` through :mod:`gateway.tokens` (one JOSE signer, one
+JWK/thumbprint function).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import stat
 import time
 import uuid
@@ -42,8 +42,10 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from gateway.jose.jwk import public_jwk
+from gateway.jose.jws import b64url_encode, encode_json
 from gateway.private_files import create_exclusive
-from gateway.sdk.txn import Alg, b64url_encode
+from gateway.sdk.txn import Alg
 from gateway.tokens.keys import (
     KeyRingError,
     SigningKey,
@@ -107,10 +109,6 @@ def jwks(key: SigningKey) -> dict[str, Any]:
     return {"keys": [dict(key.public_jwk)]}
 
 
-def _header(fields: Mapping[str, Any]) -> str:
-    return b64url_encode(json.dumps(fields, separators=(",", ":")).encode("ascii"))
-
-
 def _act(actors: Sequence[str]) -> dict[str, Any] | None:
     """RFC 8693 §4.1: the current actor outermost, each earlier one nested in ``act``."""
     act: dict[str, Any] | None = None
@@ -160,14 +158,13 @@ def access_token_claims(
 
 
 def sign_access_token(key: SigningKey, claims: Mapping[str, Any]) -> str:
-    header = _header({"alg": key.alg, "kid": key.kid, "typ": ACCESS_TOKEN_TYP})
+    header = encode_json({"alg": key.alg, "kid": key.kid, "typ": ACCESS_TOKEN_TYP})
     return sign_claims(key, claims, header)
 
 
 def _required_members(key: SigningKey) -> dict[str, str]:
     # RFC 7638 required members only: the proof's jwk carries no kid, alg or use.
-    names = ("crv", "kty", "x", "y") if key.public_jwk["kty"] == "EC" else ("crv", "kty", "x")
-    return {name: key.public_jwk[name] for name in names}
+    return public_jwk(key.private_key.public_key())
 
 
 def dpop_proof(
@@ -194,7 +191,7 @@ def dpop_proof(
         claims["ath"] = b64url_encode(digest)
     if nonce is not None:
         claims["nonce"] = nonce
-    header = _header({"typ": DPOP_TYP, "alg": key.alg, "jwk": _required_members(key)})
+    header = encode_json({"typ": DPOP_TYP, "alg": key.alg, "jwk": _required_members(key)})
     return sign_claims(key, claims, header)
 
 

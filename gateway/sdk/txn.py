@@ -2,7 +2,8 @@
 
 A service behind agentgate receives exactly one ``Txn-Token`` header per request
 and must check it before trusting any claim in it. This module is that check,
-usable on its own (it imports nothing else from the gateway)::
+usable on its own (it imports nothing of the gateway but the JOSE layer, :mod:`gateway.jose`,
+so the kit and the gateway's ``txn_token`` method run the same parser and signature check)::
 
     verifier = TxnTokenVerifier("https://gateway.internal/.well-known/jwks.json",
                                 audience="example.org", issuer="https://gateway.example.org")
@@ -27,9 +28,10 @@ JSON with duplicate member names or non-finite numbers is refused (RFC 8725 §2.
 "invalid"; :class:`KeysUnavailable` (a subclass) means the keys could not be obtained,
 which a caller should answer with 503, not 401.
 
-Keys come from one of: a JWKS URL (fetched with a bounded timeout and size, never
-following a redirect, cached per ``Cache-Control: max-age``; an unknown ``kid`` triggers at
-most one refetch per ``min_refresh_s``; concurrent refreshes share one fetch; stale keys are
+Keys come from one of: a JWKS URL (fetched by :class:`gateway.jose.jwks.JWKSCache`, the
+gateway's own fetcher, with a bounded timeout and size, never following a redirect, cached
+per ``Cache-Control: max-age``; an unknown ``kid`` triggers at most one refetch per
+``min_refresh_s``; concurrent refreshes share one fetch; stale keys are
 served for up to ``max_stale_s`` while the endpoint is down), a JWKS document (a mapping), or
 a local key source such as :class:`gateway.tokens.keys.KeyRing` (anything with
 ``verification_keys()``), read on every call so a reload takes effect at once.
@@ -37,25 +39,25 @@ a local key source such as :class:`gateway.tokens.keys.KeyRing` (anything with
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import json
 import logging
 import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from gateway.jose import jws
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import check_signing_use
+from gateway.jose.jwk import public_key_from_jwk as _jwk_public_key
+from gateway.jose.jwks import JWKSCache, JWKSUnavailable
+from gateway.jose.jws import b64url_encode as b64url_encode  # re-exported: public API
 
 log = logging.getLogger("agentgate.txn")
 
@@ -71,9 +73,26 @@ PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 TXN_TOKEN: Final = web.RequestKey("txn_token", dict[str, Any])
 TXN_TOKEN_RAW: Final = web.RequestKey("txn_token_raw", str)
 
+# Three non-empty base64url segments: the Txn-Token's own syntax rule, checked first so that
+# a token without a signature (alg none) is "malformed", before any header is decoded.
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _RESERVED_TYP = (TXN_TOKEN_TYP, "application/" + TXN_TOKEN_TYP)
+# RFC 8725 §3.1: the algorithms a Txn-Token may use (RFC 9864's "Ed25519" names EdDSA over
+# Ed25519); an HMAC or "none" can never be on this list (gateway.jose.jws.check_alg).
+_ALGS: Final = frozenset({"ES256", "EdDSA", "Ed25519"})
+_ALIASES: Mapping[str, frozenset[str]] = {
+    "ES256": frozenset({"ES256"}),
+    "EdDSA": frozenset({"EdDSA", "Ed25519"}),
+}
+# Checked protected headers by their encoded form (one issuer, one header): gateway.jose.jws.
+_HEADERS: jws.HeaderCache = {}
+# gateway.jose error codes -> this kit's stable TxnTokenError codes.
+_CODES: Mapping[str, str] = {
+    "alg_refused": "unsupported_alg",
+    "bad_kid": "unknown_kid",
+    "wrong_typ": "wrong_typ",
+    "bad_signature": "bad_signature",
+}
 
 
 class TxnTokenError(Exception):
@@ -104,6 +123,14 @@ class VerificationKey:
     kid: str
     alg: Alg
     key: PublicKey
+    # The same key in the JOSE layer's form, built once: every signature check goes through
+    # gateway.jose.jws.VerificationKey.verify (one code path for the kit and the gateway).
+    jose: jws.VerificationKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "jose", jws.VerificationKey(self.kid, _ALIASES[self.alg], self.key)
+        )
 
 
 class KeySource(Protocol):
@@ -115,51 +142,21 @@ class KeySource(Protocol):
 # --------------------------------------------------------------------------- encoding
 
 
-def b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def b64url_decode(text: str) -> bytes:
-    """Strict base64url without padding; raises ValueError."""
-    if "=" in text:
-        raise ValueError("padded base64url")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("invalid base64url") from exc
-    if b64url_encode(raw) != text:
-        # SECURITY: non-zero unused bits in the last character ('AB' decodes like 'AA') would
-        # give one signed token several spellings (RFC 4648 §3.5: canonical encoding only).
-        raise ValueError("non-canonical base64url")
-    return raw
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate member {key!r}")
-        out[key] = value
-    return out
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
+    """Strict, canonical base64url without padding; raises ValueError (RFC 7515 §2)."""
+    return jws.b64url_decode(text)
 
 
 def strict_json_loads(data: bytes | str) -> Any:
     """``json.loads`` that refuses duplicate member names and NaN/Infinity (RFC 8725 §2.6)."""
-    return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    return jws.strict_json_value(data)
 
 
 def _segment_json(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = strict_json_loads(b64url_decode(segment))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        return jws.strict_json_object(jws.b64url_decode(segment))
+    except JOSEError:
         raise TxnTokenError("malformed", f"{what} is not valid base64url JSON") from None
-    if not isinstance(value, dict):
-        raise TxnTokenError("malformed", f"{what} is not a JSON object")
-    return value
 
 
 def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -174,38 +171,26 @@ def decode_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def public_key_from_jwk(jwk: Mapping[str, Any]) -> VerificationKey:
-    """One public signing JWK -> :class:`VerificationKey`; raises ValueError if unusable."""
+    """One public signing JWK -> :class:`VerificationKey`; raises ValueError if unusable.
+
+    The JWK rules are :mod:`gateway.jose.jwk`'s (no private members, points on the curve,
+    full-length coordinates, ``use``/``key_ops``); on top, a Txn-Token key has a ``kid`` and
+    is EC P-256 (ES256) or Ed25519 (EdDSA), with a JWK ``alg``, if any, naming that.
+    """
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid:
         raise ValueError("JWK without kid")
-    if "d" in jwk:
-        raise ValueError("JWK holds private key material")
-    if jwk.get("use", "sig") != "sig":
-        raise ValueError("JWK is not a signing key")
-    ops = jwk.get("key_ops")
-    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
-        raise ValueError("JWK key_ops does not allow verify")
+    check_signing_use(jwk)
     kty, crv, alg = jwk.get("kty"), jwk.get("crv"), jwk.get("alg")
     if kty == "EC" and crv == "P-256" and alg in (None, "ES256"):
-        x, y = _coord(jwk, "x", 32), _coord(jwk, "y", 32)
-        # from_encoded_point checks that the point is on the curve (RFC 8725 §3.4).
-        point = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + x + y)
-        return VerificationKey(kid, "ES256", point)
+        key, _ = _jwk_public_key(jwk)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return VerificationKey(kid, "ES256", key)
     if kty == "OKP" and crv == "Ed25519" and alg in (None, "EdDSA", "Ed25519"):
-        return VerificationKey(
-            kid, "EdDSA", ed25519.Ed25519PublicKey.from_public_bytes(_coord(jwk, "x", 32))
-        )
+        key, _ = _jwk_public_key(jwk)
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            return VerificationKey(kid, "EdDSA", key)
     raise ValueError(f"unsupported JWK (kty={kty!r}, crv={crv!r}, alg={alg!r})")
-
-
-def _coord(jwk: Mapping[str, Any], name: str, size: int) -> bytes:
-    value = jwk.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"JWK member {name} missing")
-    raw = b64url_decode(value)
-    if len(raw) != size:
-        raise ValueError(f"JWK member {name} has the wrong length")
-    return raw
 
 
 def parse_jwks(document: Any) -> dict[str, VerificationKey]:
@@ -255,20 +240,8 @@ def _string(claims: Mapping[str, Any], name: str, *, empty: bool = False) -> str
     return value
 
 
-def _check_signature(key: VerificationKey, signing_input: bytes, signature: bytes) -> None:
-    try:
-        if key.alg == "ES256" and isinstance(key.key, ec.EllipticCurvePublicKey):
-            if len(signature) != 64:
-                raise InvalidSignature
-            r = int.from_bytes(signature[:32], "big")
-            s = int.from_bytes(signature[32:], "big")
-            key.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)
-        elif key.alg == "EdDSA" and isinstance(key.key, ed25519.Ed25519PublicKey):
-            key.key.verify(signature, signing_input)
-        else:
-            raise TxnTokenError("unsupported_alg", "key type does not match its algorithm")
-    except InvalidSignature:
-        raise TxnTokenError("bad_signature", "signature does not verify") from None
+def _txn_error(exc: JOSEError) -> TxnTokenError:
+    return TxnTokenError(_CODES.get(exc.code, "malformed"), str(exc))
 
 
 def verify_compact(
@@ -281,35 +254,32 @@ def verify_compact(
     now: float,
     max_lifetime_s: float = MAX_LIFETIME_S,
 ) -> dict[str, Any]:
-    """Verify ``token`` against ``keys`` at time ``now``; return its claims (pure)."""
+    """Verify ``token`` against ``keys`` at time ``now``; return its claims (pure).
+
+    The JWS is parsed and its signature checked by :mod:`gateway.jose.jws` (RFC 8725 rules);
+    this function adds what is particular to a Txn-Token: the algorithm list, ``typ``, the
+    key selected by ``kid`` among the trust domain's keys, and the claims (§12.2).
+    """
     if len(token) > MAX_TOKEN_CHARS or not _COMPACT.fullmatch(token):
         raise TxnTokenError("malformed", "not a compact JWS")
-    head_b64, body_b64, sig_b64 = token.split(".")
-    header = _segment_json(head_b64, "header")
-    alg = header.get("alg")
-    if alg == "Ed25519":
-        alg = "EdDSA"  # RFC 9864's fully-specified name for EdDSA over Ed25519
-    if alg not in ("ES256", "EdDSA"):
-        # SECURITY: RFC 8725 §2.1 — 'none' and HMAC are never accepted.
-        raise TxnTokenError("unsupported_alg", "algorithm not allowed")
-    typ = header.get("typ")
-    if not isinstance(typ, str) or typ.lower() not in _RESERVED_TYP:
+    try:
+        parsed = jws.parse_compact(token, max_bytes=MAX_TOKEN_CHARS, header_cache=_HEADERS)
+        # SECURITY: RFC 8725 §2.1 -- 'none' and HMAC are never accepted.
+        jws.check_alg(parsed.alg, _ALGS)
+    except JOSEError as exc:
+        raise _txn_error(exc) from None
+    typ = parsed.typ
+    if typ is None or typ.lower() not in _RESERVED_TYP:
         raise TxnTokenError("wrong_typ", "typ is not txntoken+jwt")
-    if "crit" in header:
-        raise TxnTokenError("malformed", "critical header parameters are not supported")
-    kid = header.get("kid")
-    key = keys.get(kid) if isinstance(kid, str) else None
+    key = keys.get(parsed.kid) if parsed.kid is not None else None
     if key is None:
         raise UnknownKeyID()
-    if key.alg != alg:
-        # SECURITY: a key is used only for the algorithm its JWK names (DESIGN.md §5).
-        raise TxnTokenError("unsupported_alg", "algorithm does not match the key")
     try:
-        signature = b64url_decode(sig_b64)
-    except ValueError:
-        raise TxnTokenError("malformed", "signature is not base64url") from None
-    _check_signature(key, f"{head_b64}.{body_b64}".encode("ascii"), signature)
-    claims = _segment_json(body_b64, "payload")
+        # SECURITY: a key is used only for the algorithm its JWK names (DESIGN.md §5).
+        key.jose.verify(parsed.alg, parsed.signing_input, parsed.signature)
+        claims = parsed.claims()
+    except JOSEError as exc:
+        raise _txn_error(exc) from None
     _check_claims(
         claims,
         audience=audience,
@@ -356,21 +326,9 @@ def _check_claims(
 # --------------------------------------------------------------------------- remote JWKS
 
 
-def _max_age(cache_control: str | None) -> float | None:
-    if not cache_control:
-        return None
-    directives = [d.strip().lower() for d in cache_control.split(",")]
-    if "no-store" in directives or "no-cache" in directives:
-        return 0.0
-    for d in directives:
-        name, _, value = d.partition("=")
-        if name.strip() == "max-age" and value.strip().isdigit():
-            return float(value.strip())
-    return None
-
-
 class RemoteJWKS:
-    """A JWKS fetched over HTTP(S) and cached; see the module docstring for the rules."""
+    """A JWKS fetched over HTTP(S) and cached by :class:`gateway.jose.jwks.JWKSCache`
+    (the gateway's own fetcher); see the module docstring for the rules."""
 
     def __init__(
         self,
@@ -387,29 +345,35 @@ class RemoteJWKS:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
-        self._min_refresh_s = min_refresh_s
-        self._default_max_age_s = default_max_age_s
-        self._max_age_cap_s = max_age_cap_s
-        self._max_stale_s = max_stale_s
-        self._retry_s = retry_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._max_bytes = max_bytes
-        self._session = session
-        self._own_session = session is None
-        self._clock = clock
-        self.keys: Mapping[str, VerificationKey] = {}
-        self._fetched_at: float | None = None  # last success
-        self._fresh_until = 0.0
-        self._last_attempt = float("-inf")
-        self._inflight: asyncio.Task[bool] | None = None
-        self.fetches = 0  # successful and failed attempts, for tests and metrics
+        # A kit waits for the refresh when the keys expire (it has no metrics to watch a
+        # background refresh with); the gateway's issuers refresh in the background.
+        self._cache: JWKSCache[dict[str, VerificationKey]] = JWKSCache(
+            url,
+            parse_jwks,
+            timeout_s=timeout_s,
+            min_refresh_s=min_refresh_s,
+            default_ttl_s=default_max_age_s,
+            max_ttl_s=max_age_cap_s,
+            max_stale_s=max_stale_s,
+            retry_s=retry_s,
+            max_bytes=max_bytes,
+            background_refresh=False,
+            session=session,
+            clock=clock,
+            logger=log,
+        )
+
+    @property
+    def keys(self) -> Mapping[str, VerificationKey]:
+        return self._cache.keys or {}
+
+    @property
+    def fetches(self) -> int:
+        """Successful and failed attempts, for tests and metrics."""
+        return self._cache.fetches
 
     async def close(self) -> None:
-        if self._inflight is not None:
-            await asyncio.gather(self._inflight, return_exceptions=True)
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._cache.close()
 
     async def current(self) -> Mapping[str, VerificationKey]:
         """Keys to verify with now: refreshed first when the cache has expired.
@@ -418,72 +382,23 @@ class RemoteJWKS:
         endpoint costs one timeout per interval, not one per request; meanwhile the
         last good keys are served for up to ``max_stale_s`` past their freshness.
         """
-        now = self._clock()
-        if now >= self._fresh_until and now - self._last_attempt >= self._retry_s:
-            await self.refresh()
-            now = self._clock()
-        if self._fetched_at is None:
-            raise KeysUnavailable("verification keys could not be fetched")
-        if now >= self._fresh_until + self._max_stale_s:
-            raise KeysUnavailable("verification keys are stale")
-        return self.keys
+        try:
+            return await self._cache.usable()
+        except JWKSUnavailable as exc:
+            if exc.never_fetched:
+                raise KeysUnavailable("verification keys could not be fetched") from None
+            raise KeysUnavailable("verification keys are stale") from None
 
     async def refresh_for_unknown_kid(self) -> bool:
         """Refetch because a token named an unknown kid, at most once per min_refresh_s."""
-        if self._clock() - self._last_attempt < self._min_refresh_s:
+        try:
+            return await self._cache.refetch() is not None
+        except JWKSUnavailable:
             return False
-        return await self.refresh()
 
     async def refresh(self) -> bool:
         """Fetch now, sharing one fetch among concurrent callers; True on success."""
-        if self._inflight is None:
-            self._inflight = asyncio.ensure_future(self._fetch())
-            self._inflight.add_done_callback(self._clear)
-        # shield: a cancelled verifier must not cancel the fetch the others wait for.
-        return await asyncio.shield(self._inflight)
-
-    def _clear(self, task: asyncio.Task[bool]) -> None:
-        if self._inflight is task:
-            self._inflight = None
-
-    async def _fetch(self) -> bool:
-        self._last_attempt = self._clock()
-        self.fetches += 1
-        try:
-            document, max_age = await self._get()
-            keys = parse_jwks(document)
-        except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
-            log.warning("JWKS fetch from %s failed: %s", self.url, type(exc).__name__)
-            return False
-        now = self._clock()
-        self.keys = keys
-        self._fetched_at = now
-        if max_age is None:
-            max_age = self._default_max_age_s
-        self._fresh_until = now + min(max(max_age, self._min_refresh_s), self._max_age_cap_s)
-        return True
-
-    async def _get(self) -> tuple[Any, float | None]:
-        if self._session is None:
-            # As gateway.net.outbound builds them (not imported: this kit stands alone): no
-            # proxy or netrc from the environment, no cookies.
-            self._session = aiohttp.ClientSession(
-                trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
-            )
-        async with self._session.get(
-            self.url,
-            timeout=self._timeout,
-            # SECURITY: a redirect is a failed fetch (503 in the middleware); the key
-            # location is the service's configuration, never the server's choice.
-            allow_redirects=False,
-            headers={"Accept": "application/jwk-set+json, application/json"},
-        ) as resp:
-            if resp.status != 200:
-                raise ValueError(f"JWKS endpoint answered {resp.status}")
-            body = await resp.content.read(self._max_bytes + 1)
-            if len(body) > self._max_bytes:
-                raise ValueError("JWKS document too large")
-            return strict_json_loads(body), _max_age(resp.headers.get("Cache-Control"))
+        return await self._cache.refresh()
 
 
 # --------------------------------------------------------------------------- verifier

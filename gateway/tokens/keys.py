@@ -39,8 +39,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import jwk_thumbprint, public_jwk
+from gateway.jose.jws import b64url_encode
 from gateway.private_files import write_atomic
-from gateway.sdk.txn import Alg, VerificationKey, b64url_encode
+from gateway.sdk.txn import Alg, VerificationKey
 
 log = logging.getLogger("agentgate.tokens.keys")
 
@@ -72,25 +75,18 @@ def _public_members(key: PrivateKey) -> tuple[Alg, dict[str, str]]:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise KeyRingError(f"EC key on {key.curve.name}: only P-256 (ES256) is supported")
-        numbers = key.public_key().public_numbers()
-        return "ES256", {
-            "crv": "P-256",
-            "kty": "EC",
-            "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-            "y": b64url_encode(numbers.y.to_bytes(32, "big")),
-        }
+        return "ES256", _jwk(key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return "EdDSA", {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(raw)}
+        return "EdDSA", _jwk(key)
     raise KeyRingError(f"unsupported key type {type(key).__name__}: use EC P-256 or Ed25519")
 
 
-def jwk_thumbprint(required_members: Mapping[str, str]) -> str:
-    """RFC 7638 §3: SHA-256 of the required members, sorted, no whitespace; base64url."""
-    canonical = json.dumps(dict(sorted(required_members.items())), separators=(",", ":"))
-    return b64url_encode(hashlib.sha256(canonical.encode("utf-8")).digest())
+def _jwk(key: PrivateKey) -> dict[str, str]:
+    """The RFC 7638 required members of the public half (gateway.jose.jwk does the JWK)."""
+    try:
+        return public_jwk(key.public_key())
+    except JOSEError as exc:
+        raise KeyRingError(str(exc)) from None
 
 
 def signing_key(private_key: PrivateKey, path: Path | None = None) -> SigningKey:

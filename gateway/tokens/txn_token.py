@@ -54,13 +54,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-
 from gateway.context import Actor, Identity, RequestFacts
 from gateway.errors import Forbidden
-from gateway.sdk.txn import MAX_LIFETIME_S, TXN_TOKEN_TYP, b64url_encode
+from gateway.jose.jws import b64url_encode, sign
+from gateway.sdk.txn import MAX_LIFETIME_S, TXN_TOKEN_TYP
 from gateway.tokens.keys import KeyRing, SigningKey
 
 MAX_ACTORS: Final = 8  # SPECS.md §2.2 rule 3
@@ -90,7 +87,6 @@ RESERVED_CLAIMS: Final = frozenset(
 # rctx members only the gateway writes.
 _RCTX_OWN: Final = frozenset({"req_wl_chain", "request_id", "request"})
 
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 # Built once: json.dumps(..., separators=...) would construct a new encoder per call.
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 # RFC 6749 §3.3 scope-token: %x21 / %x23-5B / %x5D-7E.
@@ -115,19 +111,11 @@ def header_segment(key: SigningKey) -> str:
 
 
 def sign_claims(key: SigningKey, claims: Mapping[str, Any], header_b64: str | None = None) -> str:
-    """Compact JWS of ``claims`` with ``key``: cryptography directly, raw r||s for ES256."""
+    """Compact JWS of ``claims`` with ``key`` (:func:`gateway.jose.jws.sign`: raw r||s)."""
     head = header_b64 if header_b64 is not None else header_segment(key)
     body = b64url_encode(_COMPACT_JSON.encode(claims).encode("ascii"))
     signing_input = f"{head}.{body}".encode("ascii")
-    private = key.private_key
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        r, s = decode_dss_signature(private.sign(signing_input, _ECDSA_SHA256))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    elif isinstance(private, ed25519.Ed25519PrivateKey):
-        signature = private.sign(signing_input)
-    else:  # pragma: no cover - KeyRing admits only the two types above
-        raise TypeError("unsupported signing key")
-    return f"{head}.{body}.{b64url_encode(signature)}"
+    return f"{head}.{body}.{b64url_encode(sign(key.private_key, key.alg, signing_input))}"
 
 
 # --------------------------------------------------------------------------- helpers

@@ -135,7 +135,6 @@ def test_fixed_options_cannot_be_overridden(option: str) -> None:
 # Modules allowed to build a ClientSession themselves, and why.
 _OWN_SESSIONS = {
     "net/outbound.py": "the helper itself",
-    "sdk/txn.py": "the verification kit stands alone; same options by hand, allow_redirects=False",
     "jose/jwks.py": "imports nothing of the gateway (the sdk kit runs it alone); a session is"
     " passed in by the gateway, else built with the same options by hand, allow_redirects=False",
     "devtools/demo.py": "the demo's agents and probes are clients OF the gateway",

@@ -13,13 +13,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.jose.jwk import jwk_thumbprint
 from gateway.sdk.txn import parse_jwks
 from gateway.tokens.keys import (
     JWKS_PATH,
     KeyRing,
     KeyRingError,
     SigningKey,
-    jwk_thumbprint,
     load_private_key,
     make_jwks_handler,
     private_key_pem,
@@ -29,39 +29,6 @@ from gateway.tokens.keys import (
 VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 
 # --------------------------------------------------------------------------- kid = RFC 7638
-
-
-THUMBPRINT_VECTORS = [
-    pytest.param(
-        # RFC 8037 Appendix A.3 (Ed25519 public key and its RFC 7638 thumbprint).
-        {"crv": "Ed25519", "kty": "OKP", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
-        "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k",
-        id="rfc8037-a3-ed25519",
-    ),
-    pytest.param(
-        # RFC 9449 §4.1 proof key; §6.1 gives its thumbprint (SPECS.md TV-DPOP-3).
-        {
-            "crv": "P-256",
-            "kty": "EC",
-            "x": "l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs",
-            "y": "9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA",
-        },
-        "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I",
-        id="rfc9449-p256",
-    ),
-]
-
-
-@pytest.mark.parametrize(("members", "expected"), THUMBPRINT_VECTORS)
-def test_thumbprint_vectors(members: dict[str, str], expected: str) -> None:
-    assert jwk_thumbprint(members) == expected
-
-
-def test_thumbprint_rfc7638_rsa_vector() -> None:
-    vector = json.loads((VECTORS / "rfc7638_thumbprint.json").read_text())
-    jwk = vector["jwk"]
-    required = {k: jwk[k] for k in ("e", "kty", "n")}
-    assert jwk_thumbprint(required) == vector["thumbprint"]
 
 
 def test_kid_is_the_thumbprint_of_the_published_jwk(es_key: tuple[Path, SigningKey]) -> None:
