@@ -36,9 +36,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 
 import argon2
-import jwt
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -51,16 +49,19 @@ from pydantic import (
 
 from gateway.context import SubjectType
 from gateway.errors import ConfigError
+from gateway.jose.errors import JOSEError
+from gateway.jose.jwk import public_key_from_jwk
+from gateway.jose.jws import PublicKey
 from gateway.settings import SecretRef
 
 MIN_HMAC_KEY_BYTES = 32  # SECURITY: RFC 8725 §3.5 / RFC 2104 §3: >= 256 bits for HMAC-SHA256
-MIN_RSA_BITS = 2048  # SECURITY: RFC 7518 §3.3 / §3.5
 
 # Algorithms an agent key may be pinned to: asymmetric signatures only (RFC 8725 §3.2).
 ASSERTION_ALGORITHMS = frozenset(
     {"ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 )
-_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+# The JWK key type each JWS algorithm family needs (RFC 7518 §3.1, RFC 8037 §3.1).
+_KTY = {"ES": "EC", "Ed": "OKP", "RS": "RSA", "PS": "RSA"}
 _PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 
 _ID_PATTERN = r"^[A-Za-z0-9_.:@/+-]{1,128}$"
@@ -246,8 +247,7 @@ class _JWK(BaseModel):
 class AgentKey:
     kid: str | None
     alg: str
-    key: Any = field(repr=False)  # a cryptography public key object
-    jwk: jwt.PyJWK = field(repr=False, compare=False)
+    key: PublicKey = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,23 +294,25 @@ class _AgentsFile(_Record):
 
 
 def parse_jwk(data: dict[str, Any]) -> AgentKey:
-    """Parse one public JWK and check that its key type fits its ``alg``; ValueError if not."""
+    """Parse one public JWK and check that its key type fits its ``alg``; ValueError if not.
+
+    The JWK itself is read by :func:`gateway.jose.jwk.public_key_from_jwk` (points on the
+    curve, full-length coordinates, RSA of at least 2048 bits, no private members).
+    """
     alg = str(data.get("alg"))
+    if data.get("kty") != _KTY.get(alg[:2]):
+        raise ValueError("not a valid public JWK for its alg")
     try:
-        jwk = jwt.PyJWK(data, algorithm=alg)
-    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+        key, algs = public_key_from_jwk(data)
+    except JOSEError as exc:
+        if str(exc) == "RSA key too small":
+            raise ValueError(f"key type, curve or size does not fit alg {alg}") from None
         raise ValueError("not a valid public JWK for its alg") from None
-    key = jwk.key
-    if alg in _EC_CURVES:
-        ok = isinstance(key, ec.EllipticCurvePublicKey) and data.get("crv") == _EC_CURVES[alg]
-    elif alg == "EdDSA":
-        ok = isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey)
-    else:
-        ok = isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS
-    if not ok:
+    if alg not in algs:
+        # SECURITY: RFC 8725 §3.1 -- e.g. a P-384 key named ES256.
         raise ValueError(f"key type, curve or size does not fit alg {alg}")
     kid = data.get("kid")
-    return AgentKey(kid=kid if isinstance(kid, str) else None, alg=alg, key=key, jwk=jwk)
+    return AgentKey(kid=kid if isinstance(kid, str) else None, alg=alg, key=key)
 
 
 # --------------------------------------------------------------------------- loaders
