@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gateway.admin import PROBES, Readiness, admin_app
 from gateway.authn.compose import AuthnService
+from gateway.authn.jwks import DevKeys
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
 from gateway.authz.engine import PolicyDecisionPoint, build_pdp
 from gateway.authz.exchange import exchange_input
@@ -64,6 +65,16 @@ log = logging.getLogger("agentgate")
 __all__ = ["Gateway", "Runtime", "install_reload", "run"]
 
 
+def _dev_keys(settings: Settings) -> DevKeys | None:
+    """The dev issuer's key loader, for a configuration with a development issuer only: a
+    production configuration never loads the dev tools."""
+    if not any(iss.dev_signing_key is not None for iss in settings.issuers):
+        return None
+    from gateway.devtools.devissuer import public_jwks
+
+    return public_jwks
+
+
 class Runtime:
     """Everything built from one configuration that serves requests.
 
@@ -92,7 +103,11 @@ class Runtime:
         self.tokens = TokenKit.build(settings) if settings.txn_tokens else None
         verifier = self.tokens.verifier if self.tokens else None
         replay = gateway.state.replay
-        self.authn = AuthnService(settings, replay, verifier) if settings.authn else None
+        self.authn = (
+            AuthnService(settings, replay, verifier, dev_keys=_dev_keys(settings))
+            if settings.authn
+            else None
+        )
         self.pdp = (
             build_pdp(
                 settings.pdp,

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.authn.base import REALM, Method, challenge, invalid_token
+from gateway.authn.jwks import DevKeys
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
 from gateway.authn.registry import BuildEnv, MethodType, build, method_types
 from gateway.context import (
@@ -113,10 +114,13 @@ def compile_bindings(
 
 
 def build_methods(
-    settings: Settings, replay: ReplayCache, txn_verifier: TxnTokenVerifier | None = None
+    settings: Settings,
+    replay: ReplayCache,
+    txn_verifier: TxnTokenVerifier | None = None,
+    dev_keys: DevKeys | None = None,
 ) -> dict[str, Method]:
     """One handler per ``authn`` entry, from the registry (:mod:`gateway.authn.registry`)."""
-    return build(BuildEnv(settings, replay, txn_verifier))
+    return build(BuildEnv(settings, replay, txn_verifier, dev_keys))
 
 
 class AuthnService:
@@ -125,9 +129,10 @@ class AuthnService:
         settings: Settings,
         replay: ReplayCache,
         txn_verifier: TxnTokenVerifier | None = None,
+        dev_keys: DevKeys | None = None,
     ) -> None:
         self._types = {name: cfg.type for name, cfg in settings.authn.items()}
-        self.methods = build_methods(settings, replay, txn_verifier)
+        self.methods = build_methods(settings, replay, txn_verifier, dev_keys)
         handlers = method_types()
         self._handlers: dict[str, type[MethodType]] = {
             name: handlers[kind] for name, kind in self._types.items()

@@ -44,10 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from gateway.authn.base import REALM, challenge
-from gateway.context import RequestFacts
+from gateway.context import Inbound, RequestFacts
 from gateway.errors import Unauthorized
 from gateway.jose.errors import JOSEError
 from gateway.jose.jwk import jwk_thumbprint, public_key_from_jwk
@@ -116,7 +114,7 @@ class DPoPVerifier:
     # ------------------------------------------------------------------ entry points
 
     async def verify_request(
-        self, request: web.BaseRequest, facts: RequestFacts, *, access_token: str, jkt: str
+        self, request: Inbound, facts: RequestFacts, *, access_token: str, jkt: str
     ) -> DPoPProof:
         """Check the request's single DPoP proof against ``access_token`` bound to ``jkt``."""
         proofs = request.headers.getall("DPoP", ())

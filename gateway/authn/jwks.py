@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -45,11 +45,26 @@ class JWKSUnavailable(ServiceUnavailable):
     reason = "jwks_unavailable"
 
 
+class DevKeys(Protocol):
+    """:func:`gateway.devtools.devissuer.public_jwks`, injected by the composition root.
+
+    ``(JWK Set, created)`` for a development issuer's key file; raises ValueError."""
+
+    def __call__(self, path: Path, algorithms: Collection[str]) -> tuple[dict[str, Any], bool]: ...
+
+
 class JWKSClient:
     """Verification keys of one issuer; see the module docstring."""
 
-    def __init__(self, issuer: Issuer, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        issuer: Issuer,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        dev_keys: DevKeys | None = None,
+    ) -> None:
         self.issuer = issuer
+        self._dev_keys = dev_keys
         self._cfg = issuer.jwks_cache
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
@@ -165,14 +180,14 @@ class JWKSClient:
 
     def _load_dev_key(self, path: Path) -> None:
         """A development issuer: the public half of its key file (created if missing)."""
-        # Imported here: production configurations never load the dev issuer's code.
-        from gateway.devtools.devissuer import DevIssuerError, jwks, load_or_create
-
+        where = f"issuers.{self.issuer.name}.dev_signing_key"
+        if self._dev_keys is None:
+            raise ConfigError([(where, "no development key loader was wired in")])
         try:
-            key, created = load_or_create(path, self.issuer.algorithms)
-            self._static = self._parse(jwks(key))
-        except (DevIssuerError, JOSEError) as exc:
-            raise ConfigError([(f"issuers.{self.issuer.name}.dev_signing_key", str(exc))]) from None
+            public, created = self._dev_keys(path, self.issuer.algorithms)
+            self._static = self._parse(public)
+        except (ValueError, JOSEError) as exc:
+            raise ConfigError([(where, str(exc))]) from None
         self.refreshes += 1
         # Once per process and key file: two bearer methods on one issuer, or a reload, need
         # no second line (a key created now is always announced).

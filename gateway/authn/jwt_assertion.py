@@ -35,13 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
-
-from aiohttp import web
+from typing import Any, ClassVar, Self
 
 from gateway.authn.base import invalid_request, invalid_token
 from gateway.authn.credfiles import AgentKey, AgentRecord, load_agents
-from gateway.context import Principal, RequestFacts
+from gateway.authn.registry import BuildEnv, register
+from gateway.context import Inbound, Principal, RequestFacts
 from gateway.errors import GatewayError, ServiceUnavailable, Unauthorized
 from gateway.jose.errors import JOSEError
 from gateway.jose.jws import (
@@ -76,7 +75,18 @@ _BY_CODE = {
 }
 
 
+@register
 class JWTAssertionAuthenticator:
+    type_id: ClassVar[str] = "jwt_assertion"
+    config_model: ClassVar[type[JWTAssertionMethod]] = JWTAssertionMethod
+    primary_rank: ClassVar[int] = 2  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = False
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: JWTAssertionMethod, env: BuildEnv) -> Self:
+        audience = f"https://{env.settings.server.trust_domain}/"
+        return cls(name, cfg, env.replay, gateway_audience=audience)
+
     def __init__(
         self,
         name: str,
@@ -111,7 +121,7 @@ class JWTAssertionAuthenticator:
     def credential_query_params(self) -> tuple[str, ...]:
         return ()
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         token = self._token(request)
         if token is None:
             return None
@@ -135,7 +145,7 @@ class JWTAssertionAuthenticator:
 
     # ------------------------------------------------------------------ steps
 
-    def _token(self, request: web.BaseRequest) -> str | None:
+    def _token(self, request: Inbound) -> str | None:
         values = request.headers.getall(HEADER, ())
         if not values:
             return None

@@ -63,10 +63,8 @@ import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Self
 from urllib.parse import parse_qsl
-
-from aiohttp import web
 
 from gateway.authn.base import REALM, authorization, challenge, invalid_request, invalid_token
 from gateway.authn.dpop import DPoPVerifier
@@ -76,10 +74,11 @@ from gateway.authn.introspection import (
     IntrospectionUnavailable,
     check_audience,
 )
-from gateway.authn.jwks import JWKSClient
+from gateway.authn.jwks import DevKeys, JWKSClient
+from gateway.authn.registry import BuildEnv, register
 from gateway.context import (
-    BUFFERED_BODY_KEY,
     Actor,
+    Inbound,
     Principal,
     RequestFacts,
     SenderConstraint,
@@ -162,8 +161,27 @@ class _Verified(NamedTuple):
     until: float  # wall-clock end of cache validity
 
 
+@register
 class JWTBearerAuthenticator:
     """The ``bearer`` method: JWT access tokens (RFC 9068) and opaque tokens (RFC 7662)."""
+
+    type_id: ClassVar[str] = "bearer"
+    config_model: ClassVar[type[BearerMethod]] = BearerMethod
+    primary_rank: ClassVar[int] = 1  # lower wins the subject (gateway.authn.compose)
+    scoped: ClassVar[bool] = True
+
+    @classmethod
+    def from_settings(cls, name: str, cfg: BearerMethod, env: BuildEnv) -> Self:
+        issuers = {iss.name: iss for iss in env.settings.issuers}
+        chosen = [issuers[i] for i in cfg.issuers]
+        return cls(
+            name,
+            cfg,
+            chosen,
+            env.replay,
+            trust_domain=env.settings.server.trust_domain,
+            dev_keys=env.dev_keys,
+        )
 
     def __init__(
         self,
@@ -176,11 +194,13 @@ class JWTBearerAuthenticator:
         jwks_clients: Mapping[str, JWKSClient] | None = None,
         introspectors: Mapping[str, IntrospectionClient] | None = None,
         clock: Callable[[], float] = time.time,
+        dev_keys: DevKeys | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
         self.trust_domain = trust_domain
         self._clock = clock
+        self._dev_keys = dev_keys  # a development issuer's key loader (the composition root's)
         self._issuers = _select_issuers(name, cfg, issuers)
         self._by_iss = {issuer.issuer: issuer for issuer in self._issuers}
         self._algs = frozenset(alg for issuer in self._issuers for alg in issuer.algorithms)
@@ -203,7 +223,7 @@ class JWTBearerAuthenticator:
                 continue
             client = shared.get(issuer.name)
             if client is None:
-                client = JWKSClient(issuer)
+                client = JWKSClient(issuer, dev_keys=self._dev_keys)
                 self._owned.append(client)
             clients[issuer.name] = client
         return clients
@@ -258,9 +278,9 @@ class JWTBearerAuthenticator:
         bearer = challenge("Bearer", realm=REALM)
         return f"{bearer}, {self._dpop.challenge()}" if self._dpop else bearer
 
-    async def authenticate(self, request: web.BaseRequest, facts: RequestFacts) -> Principal | None:
+    async def authenticate(self, request: Inbound, facts: RequestFacts) -> Principal | None:
         _refuse_token_in_query(facts.raw_query)
-        if request.body_exists:
+        if request.body.exists:
             await _refuse_token_in_form(request)
         credentials = authorization(request)
         if credentials is None:
@@ -447,7 +467,7 @@ class JWTBearerAuthenticator:
         verified: _Verified,
         presented: str,
         token: str,
-        request: web.BaseRequest,
+        request: Inbound,
         facts: RequestFacts,
     ) -> None:
         """Proof of possession, on every request, cached token or not."""
@@ -523,7 +543,7 @@ def _refuse_token_in_query(raw_query: str) -> None:
         raise invalid_request("access token in the URI query is not accepted")
 
 
-async def _refuse_token_in_form(request: web.BaseRequest) -> None:
+async def _refuse_token_in_form(request: Inbound) -> None:
     """RFC 6750 §2.2 form-body tokens are not supported: refuse them loudly (400).
 
     Only ``application/x-www-form-urlencoded`` bodies with a ``Content-Length`` of at most
@@ -533,13 +553,12 @@ async def _refuse_token_in_form(request: web.BaseRequest) -> None:
     ctype = request.headers.get("Content-Type", "")
     if not ctype.lower().startswith("application/x-www-form-urlencoded"):
         return
-    body = request.get(BUFFERED_BODY_KEY)
-    if not isinstance(body, bytes):
-        length = request.content_length
+    body = request.body.buffered
+    if body is None:
+        length = request.body.declared_length
         if length is None or length > MAX_FORM_BYTES:
             return
-        body = await request.read()
-        request[BUFFERED_BODY_KEY] = body
+        body = await request.body.read()
     if "access_token" in {k for k, _ in parse_qsl(body.decode("latin-1"), True)}:
         raise invalid_request("access token in the request body is not accepted")
 

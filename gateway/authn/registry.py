@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
 from gateway.authn.base import Method
+from gateway.authn.jwks import DevKeys
 from gateway.errors import ConfigError
 from gateway.sdk.txn import TxnTokenVerifier
 from gateway.settings import Settings
@@ -54,6 +55,7 @@ class BuildEnv:
     settings: Settings
     replay: ReplayCache
     txn_verifier: TxnTokenVerifier | None = None
+    dev_keys: DevKeys | None = None  # development issuers' key loader (devtools, wired by app)
 
 
 class MethodType(Protocol):

@@ -109,6 +109,17 @@ def jwks(key: SigningKey) -> dict[str, Any]:
     return {"keys": [dict(key.public_jwk)]}
 
 
+def public_jwks(path: Path, algorithms: Collection[str]) -> tuple[dict[str, Any], bool]:
+    """(the public JWK Set of the dev issuer key in ``path``, whether this call created it).
+
+    The composition root hands this to the bearer method's JWKS client
+    (:class:`gateway.authn.jwks.DevKeys`), so that authentication never imports the dev tools
+    (or, through them, the token minting code). Raises :class:`DevIssuerError`.
+    """
+    key, created = load_or_create(path, algorithms)
+    return jwks(key), created
+
+
 def _act(actors: Sequence[str]) -> dict[str, Any] | None:
     """RFC 8693 §4.1: the current actor outermost, each earlier one nested in ``act``."""
     act: dict[str, Any] | None = None

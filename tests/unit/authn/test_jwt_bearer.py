@@ -14,7 +14,7 @@ from aiohttp.base_protocol import BaseProtocol
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator, shown
-from gateway.context import BUFFERED_BODY_KEY, Actor, Peer, Principal
+from gateway.context import Actor, Peer, Principal
 from gateway.devtools.devpki import create_ca, issue_leaf
 from gateway.errors import BadRequest, ConfigError, ServiceUnavailable, Unauthorized
 from gateway.jose.jwk import jwk_thumbprint
@@ -527,13 +527,13 @@ async def test_form_body_is_kept_for_the_forwarder(auth: JWTBearerAuthenticator)
     body = b"flight=LH123&seats=2"
     req = _form_request(body, mint(), "application/x-www-form-urlencoded; charset=utf-8")
     assert await auth.authenticate(req, facts(req)) is not None
-    assert req[BUFFERED_BODY_KEY] == body
+    assert req.body.buffered == body
 
 
 async def test_json_body_is_not_inspected(auth: JWTBearerAuthenticator) -> None:
     req = _form_request(b'{"access_token": "x"}', mint(), "application/json")
     assert await auth.authenticate(req, facts(req)) is not None
-    assert BUFFERED_BODY_KEY not in req
+    assert req.body.buffered is None
 
 
 # --------------------------------------------------------------------------- challenges

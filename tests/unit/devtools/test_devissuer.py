@@ -34,6 +34,7 @@ from gateway.devtools.devissuer import (
     jwks,
     load_existing,
     load_or_create,
+    public_jwks,
     sign_access_token,
 )
 from gateway.devtools.devpki import init_dev_pki
@@ -190,7 +191,7 @@ def test_check_config_warns_and_accepts_a_missing_key(tmp_path: Path) -> None:
 
 async def _verify(issuer: Issuer, token: str) -> dict[str, Any]:
     """The bearer method's own steps: the issuer's keys by kid, signature, RFC 9068 claims."""
-    client = JWKSClient(issuer)
+    client = JWKSClient(issuer, dev_keys=public_jwks)
     await client.start()
     jws = parse_compact(token, max_bytes=8192, header_cache={})
     key = await client.get_key(jws.kid, jws.alg)
@@ -353,7 +354,7 @@ async def test_jwks_client_maps_a_bad_key_to_a_config_error(tmp_path: Path) -> N
     path = tmp_path / "dev.pem"
     path.write_text("garbage")
     path.chmod(0o600)
-    client = JWKSClient(_issuer(path))
+    client = JWKSClient(_issuer(path), dev_keys=public_jwks)
     with pytest.raises(ConfigError) as caught:
         await client.start()
     assert caught.value.lines()[0].startswith("issuers.dev.dev_signing_key: ")
@@ -365,10 +366,20 @@ async def test_the_dev_issuer_is_announced_once_as_a_warning(
     issuer = _issuer(tmp_path / "keys" / "dev.pem")
     with caplog.at_level("INFO", logger="agentgate.authn.jwks"):
         for _ in range(2):  # two bearer methods on one issuer, or a reload
-            await JWKSClient(issuer).start()
+            await JWKSClient(issuer, dev_keys=public_jwks).start()
     warnings = [r for r in caplog.records if "DEVELOPMENT issuer" in r.getMessage()]
     assert len(warnings) == 1
     assert warnings[0].levelname == "WARNING"
     assert "issuer dev is a DEVELOPMENT issuer" in warnings[0].getMessage()
     assert str(tmp_path / "keys" / "dev.pem") in warnings[0].getMessage()
     assert "PRIVATE KEY" not in caplog.text
+
+
+async def test_without_the_wired_loader_a_dev_issuer_is_a_config_error(tmp_path: Path) -> None:
+    # Authentication never imports the dev tools: only the composition root hands them in.
+    with pytest.raises(ConfigError) as caught:
+        await JWKSClient(_issuer(tmp_path / "k.pem")).start()
+    assert caught.value.lines() == [
+        "issuers.dev.dev_signing_key: no development key loader was wired in"
+    ]
+    assert not (tmp_path / "k.pem").exists()  # nothing was created either
