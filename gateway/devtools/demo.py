@@ -208,7 +208,8 @@ class Backend:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None
+        if server is None:
+            raise DemoError("server is missing")
         self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
@@ -276,7 +277,8 @@ class Backend:
     ) -> dict[str, Any]:
         """Call the internal route through the gateway with the Txn-Token just received
         (and the trace context, so both hops are one trace)."""
-        assert self.outbound is not None
+        if self.outbound is None:
+            raise DemoError("self.outbound is missing")
         headers = {"Txn-Token": txn_token}
         if traceparent is not None:
             headers["traceparent"] = traceparent
@@ -609,8 +611,10 @@ async def start(world: World) -> None:
     gateway = Gateway(load_settings(world.config_path), config_path=world.config_path)
     await gateway.start()
     world.gateway = gateway
-    assert gateway.main_address is not None
-    assert gateway.admin_address is not None
+    if gateway.main_address is None:
+        raise DemoError("gateway.main_address is missing")
+    if gateway.admin_address is None:
+        raise DemoError("gateway.admin_address is missing")
     world.base = f"https://127.0.0.1:{gateway.main_address[1]}"
     world.admin = f"http://127.0.0.1:{gateway.admin_address[1]}"
     _say(gateway.describe())
@@ -753,8 +757,10 @@ async def step_flights(world: World) -> tuple[Answer, dict[str, Any] | None]:
     world.expect(answer.status == 200, f"flights call answered {answer.status}, not 200")
     txn = seen.txn_claims if seen is not None else None
     if world.expect(txn is not None, "the flights backend got no valid Txn-Token"):
-        assert txn is not None
-        assert seen is not None
+        if txn is None:
+            raise DemoError("txn is missing")
+        if seen is None:
+            raise DemoError("seen is missing")
         has_auth = any(k.lower() == "authorization" for k, _ in seen.headers)
         world.expect(not has_auth, "the flights backend received an Authorization header")
         world.expect(txn.get("sub") == "alice", "Txn-Token sub is not alice")
@@ -772,7 +778,8 @@ async def step_second_hop(world: World, first: Answer, txn1: dict[str, Any] | No
     hop = flights.next_hop if flights is not None else None
     if not world.expect(hop is not None, "the flights backend made no second hop"):
         return None
-    assert hop is not None
+    if hop is None:
+        raise DemoError("hop is missing")
     _say(f"{_INDENT}flights backend, as {BOOKING_SVC} (mTLS), -> gateway  GET {hop['path']}")
     _say(f"{_INDENT * 2}sent Txn-Token: the one it received, {hop['sent_token']}")
     _say(f"{_INDENT}<- {hop['status']}  X-Request-Id {hop['request_id']}")
@@ -783,8 +790,10 @@ async def step_second_hop(world: World, first: Answer, txn1: dict[str, Any] | No
     txn2 = seen.txn_claims if seen is not None else None
     if not world.expect(txn1 is not None and txn2 is not None, "no Txn-Token on one of the hops"):
         return str(hop["request_id"])
-    assert txn1 is not None
-    assert txn2 is not None
+    if txn1 is None:
+        raise DemoError("txn1 is missing")
+    if txn2 is None:
+        raise DemoError("txn2 is missing")
     same = txn1["txn"] == txn2["txn"]
     s1, s2 = set(str(txn1["scope"]).split()), set(str(txn2["scope"]).split())
     _say(f"{_INDENT}same txn on both hops: {'yes' if same else 'NO'} ({txn2['txn']})")
@@ -944,7 +953,8 @@ async def _audit(world: World, request_id: str, timeout_s: float = 3.0) -> dict[
 
 async def step_reload(world: World) -> None:
     _heading("6. Hot reload: alice revokes the travel agent's delegation")
-    assert world.gateway is not None
+    if world.gateway is None:
+        raise DemoError("world.gateway is missing")
     before = await call(world, "travel", "GET", "/flights/7", headers=_bearer(alice_for(world)))
     world.expect(before.status == 200, f"before the reload: {before.status}, not 200")
     data = json.loads(world.data_file.read_text())
@@ -968,13 +978,15 @@ async def step_observability(world: World, first: Answer, second: str | None) ->
     _heading("7. The audit record of the request in step 2, and a /metrics excerpt")
     record = await _audit(world, first.request_id)
     if world.expect(record is not None, "no audit record for the flights call"):
-        assert record is not None
+        if record is None:
+            raise DemoError("record is missing")
         _say(f"{_INDENT}{world.rel(world.workdir / 'audit.log')}:")
         for line in json.dumps(record, indent=2).splitlines():
             _say(f"{_INDENT * 2}{line}")
         hop = await _audit(world, second) if second else None
         if world.expect(hop is not None, "no audit record for the internal hop"):
-            assert hop is not None
+            if hop is None:
+                raise DemoError("hop is missing")
             _say(
                 f"{_INDENT}the internal hop's record ({hop['route']}, {hop['status']}, "
                 f"principal {hop['principal']['id']}, peer {hop['peer_spiffe_id']}):"
