@@ -18,8 +18,9 @@ their ``aiohttp.ClientSession`` from :func:`client_session`. The session it retu
 - **keeps no cookies** (``DummyCookieJar``): a dependency cannot plant state that would ride
   along on later requests made for other callers.
 
-The verification kit :mod:`gateway.sdk.txn` builds its own session the same way by hand: it is
-importable by internal services without the rest of the gateway.
+The JWKS fetcher :mod:`gateway.jose.jwks`, when no session is handed to it (the verification kit
+:mod:`gateway.sdk.txn` in an internal service), builds its own the same way by hand: the JOSE
+layer imports nothing else of the gateway.
 """
 
 from __future__ import annotations
