@@ -29,7 +29,7 @@ from aiohttp import web
 
 from gateway.admin_api import admin_routes
 from gateway.observability.metrics import Metrics
-from gateway.settings import Secret
+from gateway.secret import Secret
 from gateway.state import RevocationStore
 
 METRICS_KEY = web.AppKey("metrics", Metrics)

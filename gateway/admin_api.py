@@ -28,7 +28,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 from gateway.errors import GatewayError
-from gateway.settings import Secret
+from gateway.secret import Secret
 from gateway.state import REVOCATION_KINDS, RevocationStore
 from gateway.state.revocation import validate, validate_reason, validate_ttl
 

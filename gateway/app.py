@@ -51,7 +51,8 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
 from gateway.routing import RouteTable
-from gateway.settings import Settings, TLSSettings
+from gateway.settings.root import Settings
+from gateway.settings.server import TLSSettings
 from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
 from gateway.tokens.endpoint import token_endpoints

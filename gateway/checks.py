@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.authz.pdp import PolicyLoadError
-from gateway.settings import Settings
+from gateway.settings.root import Settings
 
 Problem = tuple[str, str]
 

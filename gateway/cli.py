@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.config, strict=args.strict)
         if args.command == "config-schema":
-            from gateway.settings import json_schema
+            from gateway.settings.loading import json_schema
 
             sys.stdout.write(json_schema())
             return 0
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: Path, *, strict: bool = False) -> int:
     from gateway.app import Gateway
     from gateway.checks import reachability, static_problems, warnings
-    from gateway.settings import load_settings
+    from gateway.settings.loading import load_settings
 
     settings = load_settings(path)
     # What the schema cannot see: policies that do not compile, certificates that are
@@ -150,7 +150,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
 
     from gateway.authz.explain import explain
     from gateway.authz.pdp import PDPError, PolicyLoadError
-    from gateway.settings import load_settings
+    from gateway.settings.loading import load_settings
 
     policies, data, decision = args.policies, args.data, "agentgate/authz/decision"
     if policies is None:
@@ -200,7 +200,7 @@ def _run(path: Path, level: str, workers: int | None = None) -> int:
         return run_workers(path, workers, log_level=level)
     from gateway.app import run
     from gateway.authz.pdp import PolicyLoadError
-    from gateway.settings import load_settings
+    from gateway.settings.loading import load_settings
 
     settings = load_settings(path)
     try:

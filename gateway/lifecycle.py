@@ -43,7 +43,9 @@ from aiohttp import web
 from gateway.authz.pdp import PolicyLoadError
 from gateway.errors import ConfigError
 from gateway.net.tls_acceptor import TLSAcceptor
-from gateway.settings import Settings, load_settings, split_listen
+from gateway.settings.base import split_listen
+from gateway.settings.loading import load_settings
+from gateway.settings.root import Settings
 
 log = logging.getLogger("agentgate")
 

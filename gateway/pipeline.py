@@ -61,7 +61,7 @@ from gateway.observability.tracing import ServerSpan, Tracing
 from gateway.protocols.body import RequestBody
 from gateway.render import REQUEST_ID, error_response
 from gateway.routing import CompiledRoute, RouteTable
-from gateway.settings import TelemetrySettings
+from gateway.settings.telemetry import TelemetrySettings
 from gateway.state import State
 from gateway.state.revocation import Revoked, identifiers
 from gateway.upstream.forward import STREAM_CUT, Forwarder, is_websocket_upgrade

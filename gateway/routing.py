@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from yarl import URL
 
 from gateway.errors import MethodNotAllowed, NotFound
-from gateway.settings import Route
+from gateway.settings.routes import Route
 
 
 def _host_only(host: str) -> str:

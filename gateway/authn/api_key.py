@@ -31,7 +31,7 @@ from gateway.authn.base import invalid_request, invalid_token
 from gateway.authn.credfiles import APIKeyRecord, load_api_keys
 from gateway.authn.registry import BuildEnv, register
 from gateway.context import Inbound, Principal, RequestFacts
-from gateway.settings import APIKeyMethod
+from gateway.settings.authn import APIKeyMethod
 
 AMR = ("pwd",)  # RFC 8176 §2
 MAX_KEY_BYTES = 1024

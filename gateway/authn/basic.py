@@ -50,7 +50,7 @@ from gateway.authn.credfiles import BasicUserRecord, hash_scheme, load_users
 from gateway.authn.registry import BuildEnv, register
 from gateway.context import Inbound, Principal, RequestFacts
 from gateway.errors import BadRequest, ServiceUnavailable, Unauthorized
-from gateway.settings import BasicMethod
+from gateway.settings.authn import BasicMethod
 
 AMR = ("pwd",)  # RFC 8176 §2
 MAX_CREDENTIALS_CHARS = 4096

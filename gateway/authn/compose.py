@@ -63,7 +63,8 @@ from gateway.context import (
 from gateway.errors import GatewayError, Unauthorized
 from gateway.routing import CompiledRoute
 from gateway.sdk.txn import TxnTokenVerifier
-from gateway.settings import Bind, CallerRules, Settings, tree_node
+from gateway.settings.authn import Bind, CallerRules, tree_node
+from gateway.settings.root import Settings
 from gateway.state import ReplayCache
 
 _Outcome = Principal | GatewayError | None

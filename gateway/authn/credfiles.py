@@ -52,7 +52,7 @@ from gateway.errors import ConfigError
 from gateway.jose.errors import JOSEError
 from gateway.jose.jwk import public_key_from_jwk
 from gateway.jose.jws import PublicKey
-from gateway.settings import SecretRef
+from gateway.settings.base import SecretRef
 
 MIN_HMAC_KEY_BYTES = 32  # SECURITY: RFC 8725 §3.5 / RFC 2104 §3: >= 256 bits for HMAC-SHA256
 

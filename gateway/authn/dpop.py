@@ -59,7 +59,7 @@ from gateway.jose.jws import (
     numeric_date,
     strict_json_object,
 )
-from gateway.settings import DPoPSettings
+from gateway.settings.authn import DPoPSettings
 from gateway.state import ReplayCache
 
 __all__ = ["DPoPProof", "DPoPVerifier", "jwk_thumbprint", "normalize_htu"]

@@ -33,7 +33,7 @@ from gateway.errors import ServiceUnavailable
 from gateway.jose.errors import JOSEError
 from gateway.jose.jws import numeric_date, strict_json_object
 from gateway.net.outbound import client_session
-from gateway.settings import Introspection, Issuer
+from gateway.settings.issuers import Introspection, Issuer
 
 log = logging.getLogger("agentgate.authn.introspection")
 

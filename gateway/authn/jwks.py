@@ -32,7 +32,7 @@ from gateway.jose.jwks import JWKSCache, JWKSet, UnknownKeyError
 from gateway.jose.jwks import JWKSUnavailable as _NoKeys
 from gateway.jose.jws import VerificationKey, strict_json_object
 from gateway.net.outbound import client_session
-from gateway.settings import Issuer
+from gateway.settings.issuers import Issuer
 
 log = logging.getLogger("agentgate.authn.jwks")
 

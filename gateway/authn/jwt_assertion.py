@@ -50,7 +50,7 @@ from gateway.jose.jws import (
     parse_compact,
     strict_json_value,
 )
-from gateway.settings import JWTAssertionMethod
+from gateway.settings.authn import JWTAssertionMethod
 from gateway.state import ReplayCache
 
 AMR = ("swk",)  # RFC 8176 §2

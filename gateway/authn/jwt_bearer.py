@@ -94,7 +94,8 @@ from gateway.jose.jws import (
     numeric_date,
     parse_compact,
 )
-from gateway.settings import BearerMethod, Issuer
+from gateway.settings.authn import BearerMethod
+from gateway.settings.issuers import Issuer
 from gateway.state import ReplayCache
 
 MAX_ACTOR_DEPTH = 10

@@ -34,7 +34,7 @@ from gateway.authn.base import REALM, challenge
 from gateway.authn.registry import BuildEnv, register
 from gateway.context import Inbound, Peer, Principal, RequestFacts, SubjectType
 from gateway.errors import Unauthorized
-from gateway.settings import MTLSMethod
+from gateway.settings.authn import MTLSMethod
 
 AMR = ("swk",)  # RFC 8176 §2
 

@@ -32,7 +32,7 @@ from gateway.authn.base import Method
 from gateway.authn.jwks import DevKeys
 from gateway.errors import ConfigError
 from gateway.sdk.txn import TxnTokenVerifier
-from gateway.settings import Settings
+from gateway.settings.root import Settings
 from gateway.state import ReplayCache
 
 # The modules that hold the handlers, imported once on first use (so that importing the

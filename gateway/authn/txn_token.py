@@ -34,7 +34,7 @@ from gateway.authn.registry import BuildEnv, register
 from gateway.context import Actor, Inbound, Principal, RequestFacts, SubjectType
 from gateway.errors import ConfigError, Forbidden, ServiceUnavailable
 from gateway.sdk.txn import TXN_TOKEN_HEADER, KeysUnavailable, TxnTokenError
-from gateway.settings import TxnTokenMethod
+from gateway.settings.authn import TxnTokenMethod
 
 MAX_ACTORS: Final = 8  # SPECS.md §2.2 rule 3
 _SUBJECT_TYPES: Final = frozenset({"user", "agent", "service", "device"})

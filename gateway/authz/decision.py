@@ -51,7 +51,7 @@ from pydantic import ValidationError
 
 from gateway.context import Decision
 from gateway.errors import Forbidden
-from gateway.settings import RateLimit
+from gateway.settings.routes import RateLimit
 
 log = logging.getLogger("agentgate.authz")
 

@@ -29,7 +29,7 @@ from gateway.authz.decision_log import DecisionLog
 from gateway.authz.pdp import PDP, UNDEFINED, PDPError
 from gateway.context import Decision
 from gateway.errors import ServiceUnavailable
-from gateway.settings import PDPSettings
+from gateway.settings.authz import PDPSettings
 
 REASON_UNAVAILABLE = "pdp_unavailable"
 

@@ -19,7 +19,7 @@ from typing import Any
 from gateway.authz.input import build_input, derive_segment
 from gateway.context import Identity, RequestFacts
 from gateway.routing import CompiledRoute
-from gateway.settings import Route
+from gateway.settings.routes import Route
 
 TOKEN_SERVICE_ROUTE = "token-service"  # noqa: S105 - a route name
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from yarl import URL
 
 from gateway.context import Identity, RequestFacts
-from gateway.settings import UpstreamTLS
+from gateway.settings.routes import UpstreamTLS
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ import aiohttp
 
 from gateway.errors import ServiceUnavailable
 from gateway.net.outbound import client_session
-from gateway.settings import Secret
+from gateway.secret import Secret
 
 _MAX_BODY = 256 * 1024
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote_plus
 from yarl import URL
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import APIKeyCredential
+from gateway.settings.credentials import APIKeyCredential
 
 
 class APIKeyConverter(NoLifecycle):

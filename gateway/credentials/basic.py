@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import BasicCredential
+from gateway.settings.credentials import BasicCredential
 
 
 class BasicConverter(NoLifecycle):

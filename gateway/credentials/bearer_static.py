@@ -7,7 +7,7 @@ and the request is not forwarded.
 from __future__ import annotations
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import BearerStaticCredential
+from gateway.settings.credentials import BearerStaticCredential
 
 
 class BearerStaticConverter(NoLifecycle):

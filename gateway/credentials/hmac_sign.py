@@ -18,7 +18,7 @@ import time
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
 from gateway.httpsig import Request
 from gateway.httpsig.hmac_sha256 import sign_request
-from gateway.settings import HMACSignCredential
+from gateway.settings.credentials import HMACSignCredential
 
 COMPONENTS = ("@method", "@authority", "@path", "@query")
 

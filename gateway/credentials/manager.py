@@ -20,7 +20,8 @@ from gateway.credentials.none import NoneConverter
 from gateway.credentials.registry import build
 from gateway.credentials.txn_token import TxnTokenConverter
 from gateway.errors import Forbidden, ServiceUnavailable
-from gateway.settings import CredentialSettings, Route, UpstreamTLS
+from gateway.settings.credentials import CredentialSettings
+from gateway.settings.routes import Route, UpstreamTLS
 
 DEFAULT = "default"
 

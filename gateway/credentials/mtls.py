@@ -12,7 +12,8 @@ from __future__ import annotations
 import ssl
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import MTLSCredential, UpstreamTLS
+from gateway.settings.credentials import MTLSCredential
+from gateway.settings.routes import UpstreamTLS
 
 
 class MTLSConverter(NoLifecycle):

@@ -9,7 +9,7 @@ that is a configuration error (:mod:`.registry`).
 from __future__ import annotations
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import NoCredential
+from gateway.settings.credentials import NoCredential
 
 
 class NoneConverter(NoLifecycle):

@@ -12,7 +12,7 @@ import time
 
 from gateway.credentials import BuildContext, ConvertContext, Outbound, Registration
 from gateway.credentials._token_endpoint import SingleFlight, Token, TokenEndpoint
-from gateway.settings import OAuthClientCredentials
+from gateway.settings.credentials import OAuthClientCredentials
 
 
 class ClientCredentialsConverter:

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
-from gateway.settings import SignedJWTCredential
+from gateway.settings.credentials import SignedJWTCredential
 
 
 class SignedJWTConverter(NoLifecycle):

@@ -23,7 +23,7 @@ from gateway.credentials._token_endpoint import (
     Token,
     TokenEndpoint,
 )
-from gateway.settings import TokenExchangeCredential
+from gateway.settings.credentials import TokenExchangeCredential
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"  # noqa: S105 - a URN
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
 from gateway.errors import ServiceUnavailable
-from gateway.settings import TxnTokenCredential
+from gateway.settings.credentials import TxnTokenCredential
 
 
 class TxnTokenConverter(NoLifecycle):

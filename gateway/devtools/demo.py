@@ -60,7 +60,7 @@ from gateway.devtools.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_fi
 from gateway.jose.jws import b64url_encode, encode_compact
 from gateway.private_files import write_atomic
 from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
-from gateway.settings import load_settings
+from gateway.settings.loading import load_settings
 from gateway.tokens.keys import signing_key, write_private_key
 
 TRUST_DOMAIN = "example.org"

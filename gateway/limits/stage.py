@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from gateway.context import Identity, RequestFacts
 from gateway.routing import CompiledRoute
-from gateway.settings import RateLimit
+from gateway.settings.routes import RateLimit
 from gateway.state import RateLimiter
 from gateway.state.ratelimit import enforce, split
 

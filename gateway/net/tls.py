@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.errors import ConfigError
-from gateway.settings import TLSSettings, UpstreamTLS
+from gateway.settings.routes import UpstreamTLS
+from gateway.settings.server import TLSSettings
 
 # SECURITY: RFC 9325 §4.2 recommended TLS 1.2 suites: ECDHE key exchange with AEAD only.
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"

@@ -58,7 +58,9 @@ from typing import Any
 import yaml
 
 from gateway.errors import ConfigError
-from gateway.settings import Settings, parse_settings, split_listen
+from gateway.settings.base import split_listen
+from gateway.settings.loading import parse_settings
+from gateway.settings.root import Settings
 
 log = logging.getLogger("agentgate.workers")
 

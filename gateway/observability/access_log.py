@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.authz.decision_log import QueuedLines
-from gateway.settings import ACCESS_LOG_FIELDS, ACCESS_LOG_FORMAT
+from gateway.settings.telemetry import ACCESS_LOG_FIELDS, ACCESS_LOG_FORMAT
 
 FIELDS = ACCESS_LOG_FIELDS
 DEFAULT_FORMAT = ACCESS_LOG_FORMAT

@@ -63,7 +63,7 @@ from typing import IO, Any, Literal, TypedDict
 from gateway.context import Decision, Identity, RequestFacts
 from gateway.errors import Reason
 from gateway.private_files import open_private_append
-from gateway.settings import TelemetrySettings
+from gateway.settings.telemetry import TelemetrySettings
 
 __all__ = ["AuditInput", "AuditRecord", "AuditSink"]
 

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.context import Identity, Peer
-from gateway.settings import BehaviorSettings
+from gateway.settings.telemetry import BehaviorSettings
 
 __all__ = ["BehaviorStore", "MemoryBehaviorStore", "agent_key", "empty_snapshot"]
 

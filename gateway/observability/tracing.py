@@ -84,7 +84,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from gateway.context import RequestFacts
 from gateway.errors import GatewayError
-from gateway.settings import TelemetrySettings
+from gateway.settings.telemetry import TelemetrySettings
 
 if TYPE_CHECKING:
     import requests

@@ -11,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError
-from gateway.settings import StateSettings
+from gateway.settings.state import StateSettings
 from gateway.state import State
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.context import Identity, RequestFacts
 from gateway.errors import GatewayError
-from gateway.settings import RateLimit
+from gateway.settings.routes import RateLimit
 from gateway.state import RateLimiter, Verdict
 
 DEFAULT_MAX_BUCKETS = 100_000

@@ -56,7 +56,7 @@ from gateway.tokens.keys import (
 from gateway.tokens.txn_token import dev_claims, sign_claims
 
 if TYPE_CHECKING:
-    from gateway.settings import Issuer
+    from gateway.settings.issuers import Issuer
 
 COMMANDS = ("keys", "token")
 
@@ -253,7 +253,7 @@ def _mint(args: argparse.Namespace) -> int:
 def _dev_issuer(args: argparse.Namespace) -> tuple[Issuer, Path]:
     """The config's development issuer and its key file: ``--issuer NAME``, else the only
     issuer with ``dev_signing_key``."""
-    from gateway.settings import load_settings
+    from gateway.settings.loading import load_settings
 
     def refuse(message: str) -> ConfigError:
         return ConfigError([("issuers", f"{args.config}: {message}")])

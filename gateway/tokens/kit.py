@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.sdk.txn import TxnTokenVerifier
-from gateway.settings import Settings, TxnTokenSettings
+from gateway.settings.root import Settings
+from gateway.settings.tokens import TxnTokenSettings
 from gateway.tokens.keys import KeyRing
 from gateway.tokens.txn_token import TxnTokenMinter
 

@@ -49,7 +49,8 @@ from yarl import URL
 
 from gateway.errors import BadGateway, BadRequest, GatewayError, GatewayTimeout, PayloadTooLarge
 from gateway.net.listener import BodyReadTimeout
-from gateway.settings import Route, Timeouts
+from gateway.settings.routes import Route
+from gateway.settings.server import Timeouts
 from gateway.upstream.headers import sanitize_response_headers
 from gateway.upstream.paths import drop_query_params
 

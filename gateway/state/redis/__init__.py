@@ -19,7 +19,7 @@ store on the same link.
 
 from __future__ import annotations
 
-from gateway.settings import StateSettings
+from gateway.settings.state import StateSettings
 from gateway.state import State
 from gateway.state.redis.behavior import RedisBehaviorStore
 from gateway.state.redis.link import DEFAULT_MAX_CONNECTIONS, RedisLink

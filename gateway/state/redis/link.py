@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.settings import Secret
+from gateway.secret import Secret
 from gateway.state import StateUnavailable
 
 T = TypeVar("T")
