@@ -51,15 +51,12 @@ from multidict import CIMultiDict  # noqa: E402
 
 from gateway.authn.api_key import APIKeyAuthenticator  # noqa: E402
 from gateway.authn.basic import BasicAuthenticator  # noqa: E402
-from gateway.authn.hmac_signature import (  # noqa: E402
-    HMACSignatureAuthenticator,
-    InnerList,
-    Item,
-    serialize_inner_list,
-    signature_base,
-)
+from gateway.authn.hmac_signature import HMACSignatureAuthenticator, message  # noqa: E402
 from gateway.authn.jwt_assertion import JWTAssertionAuthenticator  # noqa: E402
-from gateway.context import RequestFacts  # noqa: E402
+from gateway.context import Inbound, RequestFacts  # noqa: E402
+from gateway.httpsig import signature_base  # noqa: E402
+from gateway.httpsig.sfv import InnerList, Item, serialize_inner_list  # noqa: E402
+from gateway.protocols.body import RequestBody  # noqa: E402
 from gateway.settings import (  # noqa: E402
     APIKeyMethod,
     BasicMethod,
@@ -107,12 +104,15 @@ class _Protocol:
 
 
 def request(method: str, target: str, headers: list[tuple[str, str]], body: bytes = b"") -> Any:
+    """What the pipeline hands a method: an :class:`Inbound` over a mocked aiohttp request."""
     if not body:
-        return make_mocked_request(method, target, headers=CIMultiDict(headers))
-    reader = streams.StreamReader(_Protocol(), 1 << 20)  # type: ignore[arg-type]
-    reader.feed_data(body)
-    reader.feed_eof()
-    return make_mocked_request(method, target, headers=CIMultiDict(headers), payload=reader)
+        raw = make_mocked_request(method, target, headers=CIMultiDict(headers))
+    else:
+        reader = streams.StreamReader(_Protocol(), 1 << 20)  # type: ignore[arg-type]
+        reader.feed_data(body)
+        reader.feed_eof()
+        raw = make_mocked_request(method, target, headers=CIMultiDict(headers), payload=reader)
+    return Inbound(raw.method, raw.raw_path, raw.headers, raw.query, RequestBody(raw, 1 << 20))
 
 
 async def measure(
@@ -206,7 +206,7 @@ async def bench_hmac(folder: Path, runs: int, ops: int) -> None:
             params = (("created", NOW), ("keyid", "agent-7"), ("nonce", f"n{i}"))
             components = ("@method", "@target-uri", "content-digest", "content-type")
             inner = InnerList(tuple(Item(c) for c in components), params)
-            base = signature_base(request("POST", "/p?x=1", headers), f, inner)
+            base = signature_base(inner, message(request("POST", "/p?x=1", headers), f).component)
             mac = base64.b64encode(hmac.new(HMAC_SECRET, base, hashlib.sha256).digest()).decode()
             sig = [
                 ("Signature-Input", f"s={serialize_inner_list(inner)}"),

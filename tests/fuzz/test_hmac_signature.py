@@ -53,6 +53,7 @@ from gateway.httpsig.sfv import (
 from gateway.settings import HMACMethod
 from gateway.state.memory import MemoryReplayCache
 from tests.fuzz.strategies import fuzz, mostly, mutated_text, structured_paths
+from tests.support import inbound
 
 NOW = 1_767_225_600
 SECRET = b"fuzz-shared-secret-0123456789abcdef!"
@@ -339,7 +340,7 @@ def authenticate(method: HMACSignatureAuthenticator, run: Any, case: dict[str, A
             ("Signature", case["signature"]),
         ]
     )
-    request = make_mocked_request(case["method"], case["target"], headers=headers)
+    request = inbound(make_mocked_request(case["method"], case["target"], headers=headers))
     return run(method.authenticate(request, facts(case["host"])))
 
 
