@@ -53,7 +53,8 @@ class ConvertContext:
     facts: RequestFacts
     identity: Identity | None
     txn_token: str | None  # the Txn-Token minted for this request, if any
-    inbound_token: str | None = None  # the verified inbound access token, for exchange
+    # The verified inbound access token, for exchange; never in a repr.
+    inbound_token: str | None = field(default=None, repr=False)
     extras: dict[str, str] = field(default_factory=dict)
 
 

@@ -13,8 +13,6 @@ read so far is kept then. A request without a body reads as ``b""`` and buffers 
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from gateway.errors import PayloadTooLarge
@@ -23,13 +21,12 @@ _READ_CHUNK = 64 * 1024
 
 
 class RequestBody:
-    __slots__ = ("_buffered", "_lock", "_max", "_request")
+    __slots__ = ("_buffered", "_max", "_request")
 
     def __init__(self, request: web.BaseRequest, max_bytes: int) -> None:
         self._request = request
         self._max = max_bytes
         self._buffered: bytes | None = None
-        self._lock = asyncio.Lock()
 
     @property
     def exists(self) -> bool:
@@ -45,13 +42,13 @@ class RequestBody:
         return self._buffered
 
     async def read(self) -> bytes:
-        async with self._lock:  # two readers must not interleave chunks of one stream
-            if self._buffered is not None:
-                return self._buffered
-            data = await self._read()
-            if self._request.body_exists:
-                self._buffered = data
-            return data
+        # Stages run one after another, never concurrently: no lock is needed per request.
+        if self._buffered is not None:
+            return self._buffered
+        data = await self._read()
+        if self._request.body_exists:
+            self._buffered = data
+        return data
 
     async def _read(self) -> bytes:
         length = self._request.content_length

@@ -141,3 +141,10 @@ async def test_refusal_is_503_without_secret_or_subject(
     assert "invalid_grant" in info.value.detail  # the AS's error code, for the audit record
     assert SECRET not in text
     assert "subject-token-value" not in text
+
+
+def test_the_inbound_token_never_shows_in_a_convert_context_repr() -> None:
+    from gateway.credentials import ConvertContext
+
+    ctx = ConvertContext(facts=None, identity=None, txn_token=None, inbound_token="eyJ.secret.at")  # type: ignore[arg-type]
+    assert "eyJ.secret.at" not in repr(ctx)
