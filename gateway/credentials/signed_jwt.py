@@ -9,14 +9,15 @@ configured header.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
-import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from gateway.credentials import BuildContext, ConvertContext, NoLifecycle, Outbound, Registration
+from gateway.jose.jws import encode_compact
 from gateway.settings.credentials import SignedJWTCredential
 
 
@@ -43,7 +44,8 @@ class SignedJWTConverter(NoLifecycle):
             "exp": now + int(self._cfg.ttl_s),
             "jti": str(uuid.uuid4()),
         }
-        token = jwt.encode(claims, self._key, algorithm=self._cfg.algorithm, headers={"typ": "JWT"})
+        payload = json.dumps(claims, separators=(",", ":")).encode()
+        token = encode_compact({"alg": self._cfg.algorithm, "typ": "JWT"}, payload, self._key)
         if self._cfg.header.lower() == "authorization":
             out.headers["Authorization"] = "Bearer " + token
         else:

@@ -158,3 +158,27 @@ async def token_server() -> AsyncIterator[TokenServer]:
         yield server
     finally:
         await server.close()
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_converters(build: Build) -> AsyncIterator[Callable[[dict[str, Any], type], Start]]:
+    """``start_converters(base, cls)`` gives ``make(url, **cfg)``: a started converter of
+    type ``cls`` built from ``base`` + ``token_endpoint`` + ``cfg``; all closed at teardown."""
+    converters: list[Converter] = []
+
+    def _factory(base: dict[str, Any], cls: type) -> Start:
+        async def _make(url: str, **cfg: Any) -> Converter:
+            conv = build({**base, "token_endpoint": url, **cfg})
+            assert isinstance(conv, cls)
+            await conv.start()
+            converters.append(conv)
+            return conv
+
+        return _make
+
+    yield _factory
+    for conv in converters:
+        await conv.close()

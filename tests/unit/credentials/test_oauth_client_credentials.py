@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.credentials import Converter
 from gateway.credentials.oauth_client_credentials import ClientCredentialsConverter
 from gateway.errors import ServiceUnavailable
 from tests.support import closed_port
-from tests.unit.credentials.conftest import Build, TokenServer, context, outbound
+from tests.unit.credentials.conftest import Build, Start, TokenServer, context, outbound
 
 SECRET = "s3cr:et/+ é"
 
@@ -26,27 +25,13 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def started(build: Build) -> AsyncIterator[Callable[..., Any]]:
-    converters: list[Converter] = []
-
-    async def _make(url: str, **cfg: Any) -> Converter:
-        conv = build(
-            {
-                "type": "oauth_client_credentials",
-                "token_endpoint": url,
-                "client_id": "gw client",
-                "client_secret": "env:CC_SECRET",
-                **cfg,
-            }
-        )
-        assert isinstance(conv, ClientCredentialsConverter)
-        await conv.start()
-        converters.append(conv)
-        return conv
-
-    yield _make
-    for conv in converters:
-        await conv.close()
+def started(start_converters: Callable[..., Start]) -> Start:
+    base = {
+        "type": "oauth_client_credentials",
+        "client_id": "gw client",
+        "client_secret": "env:CC_SECRET",
+    }
+    return start_converters(base, ClientCredentialsConverter)
 
 
 async def test_client_secret_basic(token_server: TokenServer, started: Any) -> None:

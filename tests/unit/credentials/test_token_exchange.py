@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from gateway.credentials import Converter
 from gateway.credentials.token_exchange import (
     ACCESS_TOKEN_TYPE,
     TOKEN_EXCHANGE,
@@ -15,7 +14,7 @@ from gateway.credentials.token_exchange import (
     TokenExchangeConverter,
 )
 from gateway.errors import ServiceUnavailable
-from tests.unit.credentials.conftest import Build, TokenServer, context, outbound
+from tests.unit.credentials.conftest import Start, TokenServer, context, outbound
 
 SECRET = "exchange-client-secret"
 
@@ -26,27 +25,9 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def started(build: Build) -> AsyncIterator[Callable[..., Any]]:
-    converters: list[Converter] = []
-
-    async def _make(url: str, **cfg: Any) -> Converter:
-        conv = build(
-            {
-                "type": "token_exchange",
-                "token_endpoint": url,
-                "client_id": "gw",
-                "client_secret": "env:TE_SECRET",
-                **cfg,
-            }
-        )
-        assert isinstance(conv, TokenExchangeConverter)
-        await conv.start()
-        converters.append(conv)
-        return conv
-
-    yield _make
-    for conv in converters:
-        await conv.close()
+def started(start_converters: Callable[..., Start]) -> Start:
+    base = {"type": "token_exchange", "client_id": "gw", "client_secret": "env:TE_SECRET"}
+    return start_converters(base, TokenExchangeConverter)
 
 
 @pytest.mark.parametrize(
