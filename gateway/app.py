@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import PROBES, Readiness, admin_app
+from gateway.agents.genesis import Genesis
 from gateway.authn.compose import AuthnService
 from gateway.authn.jwks import DevKeys
 from gateway.authn.jwt_bearer import JWTBearerAuthenticator
@@ -298,6 +299,7 @@ class Gateway:
             behavior=self.behavior,
             telemetry=settings.telemetry,
             trust_domain=server.trust_domain,
+            genesis=Genesis(settings.agent_credentials) if settings.agent_credentials else None,
         )
 
     def listeners(self) -> Sequence[Listener]:

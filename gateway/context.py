@@ -60,6 +60,43 @@ class Actor:
 
 
 @dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where an agent credential came from (``input.provenance``, gateway.agents).
+
+    ``chain`` is root first: one mapping per block (agent, credential_id, scope, iat, exp,
+    depth and any restrictions); ``restrictions`` are the effective (innermost) ones that a
+    later stage checks against the route (routes, segments, tools).
+    """
+
+    genesis: Mapping[str, str]
+    issuer: str
+    chain: tuple[Mapping[str, Any], ...]
+    restrictions: Mapping[str, frozenset[str]] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def credential_id(self) -> str:
+        return str(self.chain[-1]["credential_id"])
+
+    @property
+    def credential_ids(self) -> tuple[str, ...]:
+        return tuple(str(block["credential_id"]) for block in self.chain)
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        """Root first."""
+        return tuple(str(block["agent"]) for block in self.chain)
+
+    def as_input(self) -> dict[str, Any]:
+        return {
+            "genesis": dict(self.genesis),
+            "issuer": self.issuer,
+            "chain": [dict(block) for block in self.chain],
+            "depth": len(self.chain) - 1,
+            "credential_id": self.credential_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
     """Who a single authentication method proved the caller to be."""
 
@@ -82,6 +119,8 @@ class Principal:
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     # The verified transaction of a Txn-Token (input.txn); None for every other credential.
     transaction: Mapping[str, Any] | None = None
+    # The verified chain of an agent credential (input.provenance); None otherwise.
+    provenance: Provenance | None = None
 
 
 class VerifiedToken:

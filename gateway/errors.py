@@ -83,6 +83,8 @@ class Reason(enum.StrEnum):
     INVALID_REQUEST = "invalid_request"
     ACTOR_CHAIN_TOO_DEEP = "actor_chain_too_deep"
     CREDENTIAL_REVOKED = "credential_revoked"
+    AGENT_CREDENTIAL_INVALID = "agent_credential_invalid"
+    AGENT_CREDENTIAL_RESTRICTED = "agent_credential_restricted"
     JWKS_UNAVAILABLE = "jwks_unavailable"
     INTROSPECTION_UNAVAILABLE = "introspection_unavailable"
     TXN_KEYS_UNAVAILABLE = "txn_keys_unavailable"

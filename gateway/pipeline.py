@@ -10,10 +10,13 @@ either returns the value the next stage needs or raises a
     route        first matching route, or 404 (nothing else runs)  (gateway.routing)
     limits       client/route rate limits                  (gateway.limits)
     authenticate the route's AND/OR tree of methods        (gateway.authn)
-    screen       revocation, then subject/agent rate limits
+    screen       revocation, an agent credential's route/segment/tool restrictions,
+                 then subject/agent rate limits          (gateway.agents.caveats)
     enrich       behaviour (later registry, MCP, workflow facts)  (gateway.enrich)
     decide       the PDP, fail closed                      (gateway.authz)
     obligations  the decision's rate limit                 (gateway.limits)
+    (a route of ``kind: agent_credentials`` ends here: genesis of a root agent credential,
+     the decision asked for ``action: credential.issue``  (gateway.agents.genesis))
     mint         the downscoped Txn-Token                  (gateway.tokens)
     forward      convert the credential, stream to the upstream, no redirects followed
                                                            (gateway.credentials, gateway.upstream)
@@ -36,6 +39,8 @@ from typing import Protocol
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.agents import caveats
+from gateway.agents.genesis import Genesis
 from gateway.authz.decision import obligation_limit
 from gateway.authz.engine import PolicyDecisionPoint
 from gateway.authz.input import build_input, policy_headers, query_params
@@ -196,6 +201,7 @@ class Pipeline:
         behavior: BehaviorStore | None = None,
         telemetry: TelemetrySettings,
         trust_domain: str,
+        genesis: Genesis | None = None,
     ) -> None:
         self.routes = routes
         self.forwarder = forwarder
@@ -214,6 +220,7 @@ class Pipeline:
         self.behavior = behavior
         self.telemetry = telemetry
         self.trust_domain = trust_domain
+        self.genesis = genesis
         self.limiter = LimitsStage(state.limiter, routes)
         self.enricher = BehaviorEnricher(behavior) if behavior is not None else None
 
@@ -279,6 +286,8 @@ class Pipeline:
         identity = trail.identity = await self.authenticate(route, inbound, facts)
         await self.screen(route, facts, identity)
         enrichment = await self.enrich(facts, identity, trail)
+        if route.settings.kind == "agent_credentials":
+            return await self.issue_credential(route, inbound, facts, identity, enrichment, trail)
         decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
         await self.limiter.obligations(route, facts, identity, obligation_limit(decision))
         txn_token = await self.mint(route, facts, identity, decision, trail)
@@ -405,7 +414,28 @@ class Pipeline:
         kind = await self.state.revocations.check(**identifiers(facts, identity))
         if kind is not None:
             raise Revoked(kind)
+        caveats.check(identity, route.name, route.settings.segment)
         await self.limiter.after_authn(route, facts, identity)
+
+    async def issue_credential(
+        self,
+        route: CompiledRoute,
+        request: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        enrichment: Enrichment,
+        trail: Trail,
+    ) -> web.StreamResponse:
+        """Genesis (``kind: agent_credentials``): the PDP decides ``credential.issue``."""
+        if self.genesis is None or identity is None:
+            # SECURITY: settings requires the section, a PDP and authn; never mint without.
+            raise Unauthorized("agent credentials are not configured", reason="authn_missing")
+        asked = await self.genesis.read(request, facts, identity)
+        extra = {"action": "credential.issue", "credential": asked.as_input()}
+        decision = await self.decide(route, request, facts, identity, enrichment, trail, extra)
+        if decision is None:  # no PDP: settings refuses this route without one
+            raise Forbidden("credential.issue needs a PDP", reason="policy_undefined")
+        return self.genesis.issue(asked, identity, decision.scopes)
 
     async def enrich(
         self, facts: RequestFacts, identity: Identity | None, trail: Trail
@@ -425,6 +455,7 @@ class Pipeline:
         identity: Identity | None,
         enrichment: Enrichment,
         trail: Trail,
+        extra: Mapping[str, object] | None = None,
     ) -> Decision | None:
         if self.pdp is None:
             # No PDP configured: the operator runs the gateway as an authenticating proxy.
@@ -437,6 +468,8 @@ class Pipeline:
             query_params(facts.raw_query),
             behavior=enrichment.behavior,
         )
+        if extra:
+            document.update(extra)  # a gateway action (credential.issue) and its facts
         scopes = identity.principal.scopes if identity is not None and identity.scoped else None
         engine = self.pdp.engine.name
         with self.tracing.stage_span("decide", route=route.name) as stage:

@@ -52,6 +52,8 @@ class CompiledRoute:
 
     @classmethod
     def of(cls, route: Route) -> CompiledRoute:
+        if not route.upstream:  # a route the gateway serves itself (kind != proxy)
+            return cls(route, URL(), "")
         url = URL(route.upstream)
         return cls(route, url, str(url.origin()))
 

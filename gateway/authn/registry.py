@@ -45,6 +45,7 @@ METHOD_MODULES = (
     "gateway.authn.hmac_signature",
     "gateway.authn.jwt_assertion",
     "gateway.authn.txn_token",
+    "gateway.authn.agent_credential",
 )
 
 

@@ -19,6 +19,9 @@ Shape (every key is always present, so a policy never has to guess between "abse
     caller      "human_browser" | "human_api" | "agent" | "device" | null
     authn       {methods, results: {method: summary}, sender_constrained}
     agent, attestation, behavior   enrichment objects, {} when absent
+    provenance  {genesis, issuer, chain: [{agent, credential_id, scope, iat, exp, depth, ...}]
+                (root first), depth, credential_id} of an agent credential
+                (:class:`gateway.context.Provenance`), {} otherwise
     txn         the verified transaction of a Txn-Token the request authenticated with
                 ({id, sub, scope, iss, req_wl, actors, tctx, rctx}, see
                 :func:`gateway.authn.txn_token.transaction_of`), {} otherwise
@@ -169,7 +172,17 @@ def build_input(
         "attestation": _plain(attestation) if attestation is not None else {},
         "behavior": _plain(behavior) if behavior is not None else {},
         "txn": _plain(txn if txn is not None else _transaction(identity)),
+        "provenance": _provenance(identity),
     }
+
+
+def _provenance(identity: Identity | None) -> dict[str, Any]:
+    if identity is None:
+        return {}
+    for result in (identity.principal, *identity.results.values()):
+        if result.provenance is not None:
+            return _plain(result.provenance.as_input())  # type: ignore[no-any-return]
+    return {}
 
 
 def _transaction(identity: Identity | None) -> Mapping[str, Any]:

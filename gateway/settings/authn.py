@@ -96,6 +96,13 @@ class JWTAssertionMethod(Strict):
     leeway_s: float = Field(30.0, ge=0, le=300)
 
 
+class AgentCredentialMethod(Strict):
+    """Agent credentials with provenance (``Agent-Credential`` + RFC 9421, gateway.agents);
+    keys and limits come from the ``agent_credentials`` section."""
+
+    type: Literal["agent_credential"] = "agent_credential"
+
+
 AuthnMethod = Annotated[
     MTLSMethod
     | BearerMethod
@@ -103,12 +110,22 @@ AuthnMethod = Annotated[
     | BasicMethod
     | HMACMethod
     | JWTAssertionMethod
-    | TxnTokenMethod,
+    | TxnTokenMethod
+    | AgentCredentialMethod,
     Field(discriminator="type"),
 ]
 
 
-AUTHN_TYPES = ("mtls", "bearer", "api_key", "basic", "hmac", "jwt_assertion", "txn_token")
+AUTHN_TYPES = (
+    "mtls",
+    "bearer",
+    "api_key",
+    "basic",
+    "hmac",
+    "jwt_assertion",
+    "txn_token",
+    "agent_credential",
+)
 
 
 def _default_type(value: Any) -> Any:

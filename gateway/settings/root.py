@@ -10,7 +10,9 @@ from pydantic import (
 )
 
 from gateway.settings.admin import AdminSettings
+from gateway.settings.agents import AgentCredentialSettings
 from gateway.settings.authn import (
+    AgentCredentialMethod,
     AuthnMethods,
     BearerMethod,
     CallerRules,
@@ -34,6 +36,7 @@ class Settings(Strict):
     callers: CallerRules = CallerRules()
     pdp: PDPSettings | None = None
     txn_tokens: TxnTokenSettings | None = None
+    agent_credentials: AgentCredentialSettings | None = None
     telemetry: TelemetrySettings = TelemetrySettings()
     state: StateSettings = StateSettings()
     admin: AdminSettings = AdminSettings()
@@ -57,6 +60,19 @@ class Settings(Strict):
             for name, method in self.authn.items():
                 if isinstance(method, TxnTokenMethod):
                     problems.append(f"authn.{name}: the txn_token method needs txn_tokens")
+        if self.agent_credentials is None:
+            for name, method in self.authn.items():
+                if isinstance(method, AgentCredentialMethod):
+                    problems.append(f"authn.{name}: agent_credential needs agent_credentials")
+        for i, route in enumerate(self.routes):
+            if route.kind != "agent_credentials":
+                continue
+            if self.agent_credentials is None:
+                problems.append(f"routes.{i}: kind agent_credentials needs agent_credentials")
+            if self.pdp is None:
+                problems.append(f"routes.{i}: kind agent_credentials needs a pdp (fail closed)")
+            if route.authn is None:
+                problems.append(f"routes.{i}: kind agent_credentials needs authn")
         issuer_names = {iss.name for iss in self.issuers}
         by_name = {iss.name: iss for iss in self.issuers}
         for name, method in self.authn.items():

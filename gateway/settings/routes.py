@@ -72,12 +72,15 @@ class RouteTimeouts(Strict):
 
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # ``proxy``: forwarded to ``upstream``. ``agent_credentials``: served by the gateway
+    # (genesis of agent credentials, gateway.agents); no upstream.
+    kind: Literal["proxy", "agent_credentials"] = "proxy"
     match: RouteMatch = RouteMatch()
     authn: AuthnTree | None = None
     # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);
     # a value binds the whole tree; `off` / {} also switches the defaults off.
     bind: Bind | None = None
-    upstream: str
+    upstream: str = ""  # required for kind proxy
     upstream_tls: UpstreamTLS | None = None
     strip_prefix: bool = False
     segment: str = "default"
@@ -100,12 +103,22 @@ class Route(Strict):
     @field_validator("upstream")
     @classmethod
     def _upstream(cls, value: str) -> str:
+        if not value:
+            return value  # checked against kind below
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry a query, fragment or credentials")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _kind(self) -> Self:
+        if self.kind == "proxy" and not self.upstream:
+            raise ValueError("upstream is required")
+        if self.kind != "proxy" and (self.upstream or self.credential or self.credentials):
+            raise ValueError(f"a route of kind {self.kind} has no upstream or credentials")
+        return self
 
     @model_validator(mode="after")
     def _mtls_needs_https(self) -> Self:

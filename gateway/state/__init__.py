@@ -18,6 +18,7 @@ This module holds only the protocols and value types; it imports no backend.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -42,7 +43,7 @@ class ReplayCache(Protocol):
 
 # --------------------------------------------------------------------------- revocation
 
-RevocationKind = Literal["subject", "agent", "cert_sha256", "jti", "txn"]
+RevocationKind = Literal["subject", "agent", "cert_sha256", "jti", "txn", "credential"]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = get_args(RevocationKind)
 DEFAULT_REVOCATION_TTL_S = 3600.0
 MAX_REVOCATION_TTL_S = 30 * 86400.0
@@ -100,8 +101,14 @@ class RevocationStore(Protocol):
         cert_sha256: str | None,
         jti: str | None,
         txn: str | None,
+        chain_agents: Sequence[str] = (),
+        credentials: Sequence[str] = (),
     ) -> RevocationKind | None:
         """The kind of the first revoked identifier among those given, or None.
+
+        ``chain_agents`` and ``credentials`` are the agents and credential ids of an agent
+        credential's chain (kinds ``agent`` and ``credential``): revoking a parent refuses
+        every descendant.
 
         The hot path: local dictionary lookups only. Raises :class:`StateUnavailable`
         when the local copy cannot be trusted (shared backend unreachable too long).

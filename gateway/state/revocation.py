@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.context import Identity, RequestFacts
@@ -37,6 +37,7 @@ MAX_REASON_CHARS = 256
 DEFAULT_MAX_ENTRIES = 100_000
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_CID = re.compile(r"[A-Za-z0-9_-]{16,64}")  # gateway.sdk.agent credential ids
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -92,6 +93,8 @@ def validate(kind: Any, value: Any) -> tuple[RevocationKind, str]:
             raise InvalidRevocation(public="cert_sha256 must be 64 hex digits (SHA-256)")
     elif kind == "agent" and not value.startswith("spiffe://"):
         raise InvalidRevocation(public="agent must be a SPIFFE ID (spiffe://...)")
+    elif kind == "credential" and not _CID.fullmatch(value):
+        raise InvalidRevocation(public="credential must be a credential id (16..64 base64url)")
     return kind, value
 
 
@@ -155,6 +158,8 @@ class RevocationIndex:
         cert_sha256: str | None,
         jti: str | None,
         txn: str | None,
+        chain_agents: Sequence[str] = (),
+        credentials: Sequence[str] = (),
     ) -> RevocationKind | None:
         d = self._deadlines
         candidates: tuple[tuple[RevocationKind, str | None], ...] = (
@@ -167,6 +172,12 @@ class RevocationIndex:
         for kind, value in candidates:
             if value is not None:
                 deadline = d[kind].get(value)
+                if deadline is not None and deadline > now:
+                    return kind
+        for kind, values in (("agent", chain_agents), ("credential", credentials)):
+            table = d[kind]
+            for value in values:
+                deadline = table.get(value)
                 if deadline is not None and deadline > now:
                     return kind
         return None
@@ -230,20 +241,25 @@ class MemoryRevocationStore:
         cert_sha256: str | None,
         jti: str | None,
         txn: str | None,
+        chain_agents: Sequence[str] = (),
+        credentials: Sequence[str] = (),
     ) -> RevocationKind | None:
-        return self._index.match(time.monotonic(), subject, agent, cert_sha256, jti, txn)
+        return self._index.match(
+            time.monotonic(), subject, agent, cert_sha256, jti, txn, chain_agents, credentials
+        )
 
 
 # --------------------------------------------------------------------------- pipeline helper
 
 
-def identifiers(facts: RequestFacts, identity: Identity | None) -> dict[str, str | None]:
+def identifiers(facts: RequestFacts, identity: Identity | None) -> dict[str, Any]:
     """The keyword arguments of ``check`` for one request, from verified facts only.
 
     ``agent`` is the peer's SPIFFE ID, else the principal's subject when it is an
     agent; ``jti`` is the principal's token id; ``txn`` is the ``txn`` claim of a
     verified Txn-Token (east-west calls). Works for public routes (``identity`` None):
-    the client certificate is still checked.
+    the client certificate is still checked. An agent credential adds every agent and
+    credential id of its chain (``chain_agents``, ``credentials``).
     """
     peer = facts.peer
     agent = peer.spiffe_id if peer is not None else None
@@ -259,10 +275,13 @@ def identifiers(facts: RequestFacts, identity: Identity | None) -> dict[str, str
             if isinstance(claim, str):
                 txn = claim
                 break
+    provenance = identity.principal.provenance if identity is not None else None
     return {
         "subject": subject,
         "agent": agent,
         "cert_sha256": peer.cert_sha256 if peer is not None else None,
         "jti": jti,
         "txn": txn,
+        "chain_agents": provenance.agents if provenance is not None else (),
+        "credentials": provenance.credential_ids if provenance is not None else (),
     }

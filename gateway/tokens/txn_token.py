@@ -303,6 +303,13 @@ class TxnTokenMinter:
                 "mode": identity.mode,
                 "caller": identity.caller,
             }
+            if principal.provenance is not None:
+                # The agent-credential chain the transaction started from (issue 16).
+                tctx["provenance"] = {
+                    "genesis": dict(principal.provenance.genesis),
+                    "agents": list(principal.provenance.agents),
+                    "credential_id": principal.provenance.credential_id,
+                }
         else:
             parent = principal.claims
             if parent.get("txn") != txn or parent.get("sub") != principal.subject:

@@ -27,6 +27,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -232,12 +233,16 @@ class RedisRevocationStore:
         cert_sha256: str | None,
         jti: str | None,
         txn: str | None,
+        chain_agents: Sequence[str] = (),
+        credentials: Sequence[str] = (),
     ) -> RevocationKind | None:
         now = time.monotonic()
         if now - self._synced_at > self._max_stale_s:
             # SECURITY: a replica we cannot refresh may miss a revocation: fail closed.
             raise StateUnavailable("revocation replica is stale (Redis unreachable)")
-        return self._index.match(now, subject, agent, cert_sha256, jti, txn)
+        return self._index.match(
+            now, subject, agent, cert_sha256, jti, txn, chain_agents, credentials
+        )
 
     # -------------------------------------------------------------- admin
 
