@@ -41,7 +41,7 @@ MAX_KEY_BYTES = 1024
 class APIKeyAuthenticator:
     type_id: ClassVar[str] = "api_key"
     config_model: ClassVar[type[APIKeyMethod]] = APIKeyMethod
-    primary_rank: ClassVar[int] = 4  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 5  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = False
 
     @classmethod

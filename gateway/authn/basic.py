@@ -113,7 +113,7 @@ def dummy_hash_like(encoded: str | None) -> str:
 class BasicAuthenticator:
     type_id: ClassVar[str] = "basic"
     config_model: ClassVar[type[BasicMethod]] = BasicMethod
-    primary_rank: ClassVar[int] = 5  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 6  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = False
 
     @classmethod

@@ -120,7 +120,7 @@ def _mapped(exc: MalformedSignature | InvalidSignature) -> BadRequest | Unauthor
 class HMACSignatureAuthenticator:
     type_id: ClassVar[str] = "hmac"
     config_model: ClassVar[type[HMACMethod]] = HMACMethod
-    primary_rank: ClassVar[int] = 3  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 4  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = False
 
     @classmethod

@@ -79,7 +79,7 @@ _BY_CODE = {
 class JWTAssertionAuthenticator:
     type_id: ClassVar[str] = "jwt_assertion"
     config_model: ClassVar[type[JWTAssertionMethod]] = JWTAssertionMethod
-    primary_rank: ClassVar[int] = 2  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 3  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = False
 
     @classmethod

@@ -168,7 +168,7 @@ class JWTBearerAuthenticator:
 
     type_id: ClassVar[str] = "bearer"
     config_model: ClassVar[type[BearerMethod]] = BearerMethod
-    primary_rank: ClassVar[int] = 1  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 2  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = True
 
     @classmethod

@@ -43,7 +43,7 @@ AMR = ("swk",)  # RFC 8176 §2
 class MTLSAuthenticator:
     type_id: ClassVar[str] = "mtls"
     config_model: ClassVar[type[MTLSMethod]] = MTLSMethod
-    primary_rank: ClassVar[int] = 6  # lower wins the subject (gateway.authn.compose)
+    primary_rank: ClassVar[int] = 7  # lower wins the subject (gateway.authn.compose)
     scoped: ClassVar[bool] = False
 
     @classmethod

@@ -80,7 +80,7 @@ class Route(Strict):
     # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);
     # a value binds the whole tree; `off` / {} also switches the defaults off.
     bind: Bind | None = None
-    upstream: str = ""  # required for kind proxy
+    upstream: str  # "" (filled in) for a route the gateway serves itself
     upstream_tls: UpstreamTLS | None = None
     strip_prefix: bool = False
     segment: str = "default"
@@ -111,6 +111,15 @@ class Route(Strict):
         if parts.query or parts.fragment or parts.username or parts.password:
             raise ValueError("must not carry a query, fragment or credentials")
         return value.rstrip("/")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _served(cls, value: Any) -> Any:
+        # A served route has no upstream; a proxy route without one keeps pydantic's
+        # "required key is missing" error.
+        if isinstance(value, dict) and value.get("kind", "proxy") != "proxy":
+            return {"upstream": "", **value}
+        return value
 
     @model_validator(mode="after")
     def _kind(self) -> Self:

@@ -28,7 +28,7 @@ from .samples import FLIGHTS, RAW_HEADERS, SAMPLES, facts, peer
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 TOP_LEVEL = [
     "request", "source", "route", "subject", "actors", "mode", "caller", "authn",
-    "agent", "attestation", "behavior", "txn",
+    "agent", "attestation", "behavior", "txn", "provenance",
 ]  # fmt: skip
 
 

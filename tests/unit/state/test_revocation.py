@@ -29,6 +29,8 @@ NONE: dict[str, Any] = {
     "cert_sha256": None,
     "jti": None,
     "txn": None,
+    "chain_agents": (),
+    "credentials": (),
 }
 
 VALID = [
@@ -214,6 +216,8 @@ def test_identifiers_from_verified_context() -> None:
         "cert_sha256": CERT,
         "jti": "jti-9",
         "txn": "txn-1",
+        "chain_agents": (),
+        "credentials": (),
     }
     assert identifiers(_facts(None), None) == NONE
     agent = Principal(
@@ -221,3 +225,25 @@ def test_identifiers_from_verified_context() -> None:
     )
     solo = Identity(principal=agent, results={"jwt_assertion": agent}, caller="agent", mode="self")
     assert identifiers(_facts(None), solo)["agent"] == "spiffe://example.org/agent/a"
+
+
+async def test_a_revoked_parent_credential_or_chain_agent_refuses_the_chain() -> None:
+    """Issue 16: kinds ``credential`` (any cid of the chain) and ``agent`` (any agent in it)."""
+    store = MemoryRevocationStore()
+    chain = {
+        **NONE,
+        "chain_agents": ("spiffe://td/a", "spiffe://td/a/b"),
+        "credentials": ("c" * 22, "d" * 22),
+    }
+    assert await store.check(**chain) is None
+    await store.revoke("credential", "c" * 22)
+    assert await store.check(**chain) == "credential"
+    assert await store.check(**{**chain, "credentials": ("d" * 22,)}) is None
+    await store.revoke("agent", "spiffe://td/a/b")
+    assert await store.check(**{**chain, "credentials": ()}) == "agent"
+
+
+@pytest.mark.parametrize("value", ["short", "x" * 65, "bad/char" * 3, ""])
+async def test_a_credential_revocation_needs_a_credential_id(value: str) -> None:
+    with pytest.raises(InvalidRevocation):
+        await MemoryRevocationStore().revoke("credential", value)
