@@ -338,6 +338,7 @@ async def test_thousand_subagents_then_root_revoked_on_the_other_node(world: Wor
         assert claims["tctx"]["provenance"]["genesis"]["sub"] == "alice"
         chains.add(chain[0])
     assert chains == {f"{TRAVEL}/planner/w{i}" for i in range(1000)}
+
     # The policy saw each chain: one decision per request, with its own provenance.
     def logged() -> bool:
         decided = world.decisions()
@@ -371,7 +372,7 @@ async def test_thousand_subagents_then_root_revoked_on_the_other_node(world: Wor
     assert elapsed < 1.0
     statuses = await asyncio.gather(*(world.call(c, node=1) for c in subagents))
     assert {status for status, _, _ in statuses} == {401}
-    status, headers, body = await world.call(subagents[-1], node=1)
+    _status, _headers, body = await world.call(subagents[-1], node=1)
     assert body["reason"] == "credential_revoked"
     assert (await world.call(planner, node=1))[0] == 401
     assert (await world.call(root, node=1))[0] == 401
@@ -463,7 +464,8 @@ async def test_attacks_are_refused_precisely(world: World) -> None:
     sibling = root.derive(f"{TRAVEL}/sibling")
     await world.revoke("credential", child.credential_id)
     status, _, body = await world.call(grandchild)
-    assert status == 401 and body["reason"] == "credential_revoked"
+    assert status == 401
+    assert body["reason"] == "credential_revoked"
     assert (await world.call(sibling))[0] == 200
     # a body that does not match its digest
     url = world.bases[0] + "/flights/2"

@@ -1,0 +1,272 @@
+"""gateway.authn.agent_credential: every refusal, key rotation, the verified-chain cache.
+
+Requests are built with aiohttp's mocked request and signed with the SDK the agents use
+(:meth:`gateway.sdk.agent.AgentCredential.sign`); the replay store is the real memory one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
+
+from gateway.authn.agent_credential import AgentCredentialAuthenticator
+from gateway.context import Inbound, RequestFacts
+from gateway.errors import Unauthorized
+from gateway.sdk.agent import AgentCredential, mint_root
+from gateway.settings.agents import AgentCredentialSettings
+from gateway.state.memory import MemoryReplayCache
+from tests.support import inbound
+
+HOST = "gw.example.org"
+ISSUER = "spiffe://example.org/gateway"
+ROOT = "spiffe://example.org/agent/travel"
+KEY_1 = b"1" * 32
+KEY_2 = b"2" * 40
+
+
+def _settings(monkeypatch: pytest.MonkeyPatch, keys: list[tuple[str, bytes]]) -> Any:
+    for kid, value in keys:
+        monkeypatch.setenv(f"AC_KEY_{kid}", value.decode())
+    return AgentCredentialSettings.model_validate(
+        {
+            "issuer": ISSUER,
+            "keys": [{"id": kid, "secret": f"env:AC_KEY_{kid}"} for kid, _ in keys],
+            "max_skew_s": 30,
+        }
+    )
+
+
+@pytest.fixture
+def method(monkeypatch: pytest.MonkeyPatch) -> AgentCredentialAuthenticator:
+    cfg = _settings(monkeypatch, [("k2", KEY_2), ("k1", KEY_1)])
+    return AgentCredentialAuthenticator("agents", cfg, MemoryReplayCache(), 1024 * 1024)
+
+
+def root(key: bytes = KEY_1, kid: str = "k1", issuer: str = ISSUER, **kw: Any) -> AgentCredential:
+    args: dict[str, Any] = {
+        "genesis": {"type": "user", "sub": "alice"},
+        "agent": ROOT,
+        "scope": ["flights:read", "pay"],
+        "ttl_s": 300,
+        "depth": 3,
+    }
+    args.update(kw)
+    return mint_root(key, kid=kid, issuer=issuer, **args)
+
+
+def facts(method: str = "GET", path: str = "/flights/1", now: float | None = None) -> RequestFacts:
+    return RequestFacts(
+        request_id="r1",
+        method=method,
+        scheme="https",
+        host=HOST,
+        path=path,
+        raw_query="",
+        client_address="192.0.2.1",
+        peer_address="192.0.2.1",
+        forwarded_for="192.0.2.1",
+        forwarded_proto="https",
+        forwarded_host=HOST,
+        peer=None,
+        time_ns=int((time.time() if now is None else now) * 1e9),
+    )
+
+
+def request(
+    headers: dict[str, str] | list[tuple[str, str]],
+    method: str = "GET",
+    path: str = "/flights/1",
+    body: bytes | None = None,
+) -> Inbound:
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
+    items.append(("Host", HOST))
+    if body is not None:
+        items.append(("Content-Length", str(len(body))))
+    mocked = make_mocked_request(method, path, headers=CIMultiDict(items), payload=_Payload(body))
+    return inbound(mocked)
+
+
+class _Payload:
+    """The body of a mocked request, read once."""
+
+    def __init__(self, body: bytes | None) -> None:
+        self._body = body or b""
+
+    async def readany(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self.readany()
+
+    def at_eof(self) -> bool:
+        return not self._body
+
+
+def signed(
+    credential: AgentCredential, method: str = "GET", path: str = "/flights/1", **kw: Any
+) -> dict[str, str]:
+    return credential.sign(method, f"https://{HOST}{path}", **kw)
+
+
+async def refused(
+    method: AgentCredentialAuthenticator, req: Inbound, text: str, f: RequestFacts | None = None
+) -> None:
+    with pytest.raises(Unauthorized) as caught:
+        await method.authenticate(req, f or facts(req.method))
+    challenge = caught.value.headers["WWW-Authenticate"]
+    assert challenge.startswith("AgentCredential "), challenge
+    assert text in challenge, challenge
+
+
+async def test_not_mine_without_the_header(method: AgentCredentialAuthenticator) -> None:
+    assert await method.authenticate(request({}), facts()) is None
+
+
+async def test_principal_and_provenance(method: AgentCredentialAuthenticator) -> None:
+    child = root().derive(f"{ROOT}/flight", scope=["flights:read"]).derive(f"{ROOT}/flight/pay")
+    principal = await method.authenticate(request(signed(child)), facts())
+    assert principal is not None
+    assert principal.subject == "alice"
+    assert principal.subject_type == "user"
+    assert principal.scopes == ("flights:read",)
+    assert principal.client_id == f"{ROOT}/flight/pay"
+    assert [a.sub for a in principal.actors] == [f"{ROOT}/flight/pay", f"{ROOT}/flight", ROOT]
+    assert principal.token_id == child.credential_id
+    assert principal.provenance is not None
+    document = principal.provenance.as_input()
+    assert document["depth"] == 2
+    assert document["genesis"] == {"type": "user", "sub": "alice"}
+    assert [b["agent"] for b in document["chain"]] == [ROOT, f"{ROOT}/flight", f"{ROOT}/flight/pay"]
+    assert document["credential_id"] == child.credential_id
+
+
+async def test_task_genesis_is_a_service_subject(method: AgentCredentialAuthenticator) -> None:
+    cred = root(genesis={"type": "task", "sub": "T-42"})
+    principal = await method.authenticate(request(signed(cred)), facts())
+    assert principal is not None
+    assert (principal.subject, principal.subject_type) == (
+        "T-42",
+        "service",
+    )
+
+
+async def test_rotation_both_keys_verify(method: AgentCredentialAuthenticator) -> None:
+    for key, kid in ((KEY_1, "k1"), (KEY_2, "k2")):
+        assert await method.authenticate(request(signed(root(key, kid))), facts()) is not None
+
+
+def _swap(headers: dict[str, str], **changes: str) -> dict[str, str]:
+    return {**headers, **changes}
+
+
+NOW = int(time.time())
+CASES: list[tuple[str, Callable[[], tuple[Inbound, RequestFacts | None]], str]] = [
+    (
+        "other-issuer",
+        lambda: (request(signed(root(issuer="spiffe://evil/gw"))), None),
+        "another issuer",
+    ),
+    ("unknown-kid", lambda: (request(signed(root(kid="gone"))), None), "key unknown"),
+    ("wrong-root-key", lambda: (request(signed(root(key=b"x" * 32))), None), "signature mismatch"),
+    ("expired", lambda: (request(signed(root(ttl_s=10, now=NOW - 60))), None), "expired"),
+    (
+        "not-yet-valid",
+        lambda: (request(signed(root(now=NOW + 600), created=NOW)), None),
+        "not yet valid",
+    ),
+    (
+        "two-headers",
+        lambda: (request([("Agent-Credential", root().header())] * 2), None),
+        "more than one",
+    ),
+    (
+        "unsigned",
+        lambda: (request({"Agent-Credential": root().header()}), None),
+        "without a request signature",
+    ),
+    (
+        "keyid-of-another-credential",
+        lambda: (request(_swap(signed(root()), **{"Agent-Credential": root().header()})), None),
+        "keyid",
+    ),
+    (
+        "created-too-old",
+        lambda: (request(signed(root(now=NOW - 100), created=NOW - 100)), None),
+        "clock skew",
+    ),
+    (
+        "body-not-covered",
+        lambda: (request(signed(root(), "POST"), "POST", body=b"{}"), None),
+        "content-digest",
+    ),
+    (
+        "other-path",
+        lambda: (request(signed(root(), path="/flights/1"), path="/flights/2"), None),
+        "signature mismatch",
+    ),
+    (
+        "other-method",
+        lambda: (request(signed(root(), "GET"), "DELETE"), facts("DELETE")),
+        "signature mismatch",
+    ),
+    (
+        "method-restriction",
+        lambda: (
+            request(signed(root(restrictions={"methods": ["GET"]}), "DELETE"), "DELETE"),
+            facts("DELETE"),
+        ),
+        "does not allow this method",
+    ),
+    (
+        "malformed-signature-input",
+        lambda: (request(_swap(signed(root()), **{"Signature-Input": "agent=("})), None),
+        "request signature",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "text"), [pytest.param(m, t, id=i) for i, m, t in CASES])
+async def test_refusals(
+    method: AgentCredentialAuthenticator,
+    make: Callable[[], tuple[Inbound, RequestFacts | None]],
+    text: str,
+) -> None:
+    req, f = make()
+    await refused(method, req, text, f)
+
+
+async def test_replay_is_refused_and_cache_does_not_skip_checks(
+    method: AgentCredentialAuthenticator,
+) -> None:
+    cred = root(ttl_s=5)
+    headers = signed(cred)
+    assert await method.authenticate(request(headers), facts()) is not None
+    await refused(method, request(headers), "replayed")
+    # The chain is cached now; expiry is still checked per request.
+    await refused(method, request(signed(cred)), "expired", facts(now=time.time() + 10))
+
+
+async def test_body_with_digest(method: AgentCredentialAuthenticator) -> None:
+    cred = root()
+    body = b'{"amount": 42}'
+    ok = signed(cred, "POST", body=body)
+    assert await method.authenticate(request(ok, "POST", body=body), facts("POST")) is not None
+    bad = signed(cred, "POST", body=body)
+    await refused(
+        method,
+        request(bad, "POST", body=b'{"amount": 43}'),
+        "Content-Digest does not match",
+        facts("POST"),
+    )
+
+
+def test_repr_shows_no_key(method: AgentCredentialAuthenticator) -> None:
+    text = repr(method) + repr(method.chains)
+    assert KEY_1.decode() not in text
+    assert KEY_2.decode() not in text
