@@ -160,7 +160,7 @@ def parse_block(raw: bytes, index: int) -> Block:
     if missing:
         raise CredentialError(f"{where} lacks {missing[0]!r}")
     if index == 0:
-        if members["v"] != 1:
+        if type(members["v"]) is not int or members["v"] != 1:  # not true, not 1.0
             raise CredentialError("block 0 has an unsupported version")
         for name in ("kid", "iss"):
             _name(members[name], f"{where} {name}")
@@ -597,14 +597,20 @@ def _list(values: Iterable[str]) -> str:
 
 
 def _child_json(block: Block) -> bytes:
-    """A child block's JSON, written directly: every string in it was checked against a
-    pattern without '"', '\\' or control characters, so none needs escaping, and
-    :func:`parse_block` reads it back to the same values (a test checks both ways)."""
-    extra = "".join(f',"{name}":{_list(v)}' for name, v in sorted(block.restrictions.items()))
-    return (
-        f'{{"agent":"{block.agent}","cid":"{block.cid}","depth":{block.depth},'
-        f'"exp":{block.exp},"iat":{block.iat},"scope":{_list(block.scope)}{extra}}}'
-    ).encode()
+    """A child block's JSON, written directly (sorted keys, no whitespace, as
+    :func:`encode_block` writes it): every string in it was checked against a pattern without
+    '"', '\\' or control characters, so none needs escaping."""
+    members = [
+        ("agent", f'"{block.agent}"'),
+        ("cid", f'"{block.cid}"'),
+        ("depth", str(block.depth)),
+        ("exp", str(block.exp)),
+        ("iat", str(block.iat)),
+        ("scope", _list(block.scope)),
+    ]
+    members += [(name, _list(values)) for name, values in block.restrictions.items()]
+    members.sort()
+    return ("{" + ",".join(f'"{name}":{text}' for name, text in members) + "}").encode()
 
 
 def new_credential_id() -> str:
