@@ -435,7 +435,9 @@ class Pipeline:
         decision = await self.decide(route, request, facts, identity, enrichment, trail, extra)
         if decision is None:  # no PDP: settings refuses this route without one
             raise Forbidden("credential.issue needs a PDP", reason="policy_undefined")
-        return self.genesis.issue(asked, identity, decision.scopes)
+        response = self.genesis.issue(asked, identity, decision.scopes)
+        response.headers.update({REQUEST_ID: facts.request_id, **SERVER_HEADER})
+        return response
 
     async def enrich(
         self, facts: RequestFacts, identity: Identity | None, trail: Trail

@@ -59,6 +59,7 @@ from gateway.app import Gateway
 from gateway.devtools.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_files
 from gateway.jose.jws import b64url_encode, encode_compact
 from gateway.private_files import write_atomic
+from gateway.sdk.agent import AgentCredential, CredentialError
 from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
 from gateway.settings.loading import load_settings
 from gateway.tokens.keys import signing_key, write_private_key
@@ -67,6 +68,7 @@ TRUST_DOMAIN = "example.org"
 TD = f"spiffe://{TRUST_DOMAIN}"
 AGENTS = ("travel", "billing", "rogue")
 TRAVEL = f"{TD}/agent/travel"
+FARE_CHECKER = f"{TRAVEL}/fare-checker"  # a sub-agent spawned by travel (issue 16)
 BILLING = f"{TD}/agent/billing"
 ROGUE = f"{TD}/agent/rogue"
 BOOKING_SVC = f"{TD}/service/booking"
@@ -397,6 +399,10 @@ def demo_data(shipped: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         "scopes": ["flights.read"],
     }
     notes.append("+ agent travel may hand on to service/booking on route internal")
+    data["delegations"]["alice"][TRAVEL]["routes"].append("agent-credentials")
+    notes.append("+ alice's delegation to agent travel covers route agent-credentials (genesis)")
+    data["delegations"][TRAVEL][FARE_CHECKER] = {"routes": ["flights"], "scopes": ["flights.read"]}
+    notes.append("+ agent travel may hand on to its sub-agent fare-checker on route flights")
     internal = data["abac"]["routes"].get("internal", {})
     if internal.pop("hours_utc", None) is not None:
         notes.append("- route internal: no UTC hour window (the tour must not depend on the clock)")
@@ -433,6 +439,7 @@ class World:
     booking_cert: CertFiles
     idp: DevIssuer
     billing_key_file: Path
+    agent_root_key_file: Path
     data_file: Path
     config_path: Path
     backends: dict[str, Backend]
@@ -487,6 +494,13 @@ def _config(world: World) -> dict[str, Any]:
             "mtls": {},
             "bearer": {"issuers": ["demo-idp"], "require_typ": "at+jwt"},
             "txn_token": {},
+            "subagents": {"type": "agent_credential"},
+        },
+        "agent_credentials": {
+            "issuer": f"{TD}/gateway",
+            "keys": [{"id": "demo-1", "secret": f"file:{rel(world.agent_root_key_file)}"}],
+            "ttl_s": 300,
+            "max_depth": 2,
         },
         "pdp": {
             "engine": "embedded",
@@ -502,9 +516,17 @@ def _config(world: World) -> dict[str, Any]:
         "telemetry": {"audit_log": "audit.log", "decision_log": "off"},
         "routes": [
             {
+                "name": "agent-credentials",
+                "kind": "agent_credentials",
+                "match": {"path_prefix": "/agents/credentials", "methods": ["POST"]},
+                "authn": {"all_of": ["mtls", "bearer"]},
+                "segment": "booking",  # where agent travel may reach (agentgate.segments)
+            },
+            {
                 "name": "flights",
                 "match": {"path_prefix": "/flights/", "methods": ["GET", "POST"]},
-                "authn": {"all_of": ["mtls", "bearer"]},
+                # an agent with its user's token, or a sub-agent with its agent credential
+                "authn": {"any_of": [{"all_of": ["mtls", "bearer"]}, "subagents"]},
                 "upstream": backends["flights"].url,
                 "segment": "booking",
                 "credential": {"type": "txn_token"},
@@ -551,6 +573,8 @@ def prepare(workdir: Path) -> World:
     api_key = secrets.token_urlsafe(18)  # 24 characters
     # SECURITY: 0600 whatever the umask, also when a previous run left a wider file behind.
     write_atomic(key_file, (api_key + "\n").encode())
+    root_key_file = workdir / "secrets" / "agent-root.key"
+    write_atomic(root_key_file, (secrets.token_urlsafe(32) + "\n").encode())
     shipped = shipped_policies()
     policy_dir = workdir / "policies"
     copy_policies(shipped, policy_dir)
@@ -564,6 +588,7 @@ def prepare(workdir: Path) -> World:
         booking_cert=booking,
         idp=idp,
         billing_key_file=key_file,
+        agent_root_key_file=root_key_file,
         data_file=data_file,
         config_path=workdir / "gateway.yaml",
         backends={
@@ -589,6 +614,7 @@ def prepare(workdir: Path) -> World:
         f"billing API key     file:{rel(key_file)} (mode 0600, {len(api_key)} chars): "
         "only the gateway and the billing backend read it"
     )
+    _say(f"agent root key      file:{rel(root_key_file)} (mode 0600): mints agent credentials")
     _say(f"policies            {rel(policy_dir)}/ (shipped Rego; data.json = shipped + demo):")
     for note in notes:
         _say(f"{_INDENT * 2}{note}")
@@ -693,6 +719,7 @@ async def call(
     headers: Mapping[str, str] | None = None,
     show_sent: Iterable[str] = (),
     token: tuple[str, Mapping[str, Any]] | None = None,
+    body: str | None = None,
 ) -> Answer:
     """One request as ``who``; prints the request line, what was sent, and the status."""
     sent = dict(headers or {})
@@ -703,7 +730,7 @@ async def call(
         _say(f"{_INDENT * 2}sent {name}: {sent[name]}")
     try:
         async with world.sessions[who].request(
-            method, world.base + path, headers=headers, allow_redirects=False
+            method, world.base + path, headers=headers, data=body, allow_redirects=False
         ) as resp:
             answer = Answer(resp.status, resp.headers.copy(), await resp.read())
     except (aiohttp.ClientError, ssl.SSLError, ConnectionError) as exc:
@@ -806,6 +833,63 @@ async def step_second_hop(world: World, first: Answer, txn1: dict[str, Any] | No
     world.expect(s2 <= s1, "the second hop widened the scope")
     world.expect(txn2.get("sub") == "alice", "the second hop changed the subject")
     return str(hop["request_id"])
+
+
+async def step_subagent(world: World) -> None:
+    _heading("4b. Agent 'travel' spawns a sub-agent offline; it calls with its own credential")
+    travel = world.pki.agents["travel"]
+    token, _ = world.idp.access_token(
+        "alice", "travel-agent", "flights.read flights.book", act=TRAVEL, bind_to=travel.cert
+    )
+    _say(f"{_INDENT}genesis: travel (mTLS) and alice (token) ask for a root agent credential")
+    answer = await call(
+        world,
+        "travel",
+        "POST",
+        "/agents/credentials",
+        headers={**_bearer(token), "Content-Type": "application/json"},
+        body=json.dumps({"scope": "flights.read flights.book", "ttl_s": 120, "depth": 2}),
+    )
+    issued = answer.json()
+    if not world.expect(answer.status == 201, f"genesis answered {answer.status}, not 201"):
+        _problem(answer)
+        return
+    try:
+        root = AgentCredential.parse(str(issued["credential"]))
+        child = root.derive(FARE_CHECKER, scope=["flights.read"], ttl_s=30)
+    except (CredentialError, KeyError) as exc:
+        world.expect(False, f"the issued credential does not derive: {exc}")
+        return
+    _say(f"{_INDENT * 2}root {issued['credential_id']}: genesis {issued['genesis']}, scope")
+    lifetime = f"expires in {issued['expires_in']} s, depth {issued['depth']}"
+    _say(f"{_INDENT * 2}{issued['scope']!r}, {lifetime}")
+    _say(f"{_INDENT}travel derives {FARE_CHECKER} offline (one HMAC, no call):")
+    _say(f"{_INDENT * 2}scope ['flights.read'], 30 s; the chain tag stays with the sub-agent")
+    url = world.base + "/flights/42"
+    signed = child.sign("GET", url)
+    answer = await call(
+        world, "travel", "GET", "/flights/42", headers=signed, show_sent=("Signature-Input",)
+    )
+    seen = world.backends["flights"].seen.get(answer.request_id)
+    _show_seen(seen)
+    world.expect(answer.status == 200, f"the sub-agent's call answered {answer.status}, not 200")
+    txn = seen.txn_claims if seen is not None else None
+    if world.expect(txn is not None, "the flights backend got no Txn-Token for the sub-agent"):
+        chain = _act_chain((txn or {}).get("act"))
+        _say(f"{_INDENT}act chain in the Txn-Token: {chain}")
+        world.expect(chain == f"{FARE_CHECKER} <- {TRAVEL}", f"unexpected act chain {chain}")
+        provenance = (txn or {}).get("tctx", {}).get("provenance", {})
+        world.expect(
+            provenance.get("genesis", {}).get("sub") == "alice", "tctx.provenance lacks alice"
+        )
+    replay = await call(world, "travel", "GET", "/flights/42", headers=signed)
+    _say(f"{_INDENT}the same signed request again: {replay.status} (replayed)")
+    world.expect(replay.status == 401, "a replayed sub-agent request was not refused")
+    header_only = await call(
+        world, "travel", "GET", "/flights/42", headers={"Agent-Credential": child.header()}
+    )
+    _say(f"{_INDENT}the header without the holder's signature: {header_only.status}")
+    world.expect(header_only.status == 401, "an unsigned agent credential was accepted")
 
 
 async def step_billing(world: World) -> None:
@@ -1022,6 +1106,7 @@ async def run_demo(workdir: Path) -> int:
         first, txn1 = await step_flights(world)
         second = await step_second_hop(world, first, txn1)
         await step_billing(world)
+        await step_subagent(world)
         await step_denials(world)
         await step_reload(world)
         await step_observability(world, first, second)
