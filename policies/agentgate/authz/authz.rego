@@ -2,7 +2,7 @@
 # title: agentgate authorization decision
 # description: |
 #   The one document the gateway queries (DESIGN.md §7): data.agentgate.authz.decision.
-#   Any deny reason from abac, behavior, rebac, segments or txn wins (the lexically first is
+#   Any deny reason from abac, behavior, provenance, rebac, segments or txn wins (the lexically first is
 #   reported); otherwise RBAC decides. An allow carries the scopes the RBAC grant confers,
 #   narrowed by the delegation chain; the gateway intersects them with the subject's own
 #   scopes.
@@ -11,6 +11,7 @@ package agentgate.authz
 
 import data.agentgate.abac
 import data.agentgate.behavior
+import data.agentgate.provenance
 import data.agentgate.rbac
 import data.agentgate.rebac
 import data.agentgate.segments
@@ -24,6 +25,8 @@ decision := denied(min(deny_reasons)) if {
 	count(deny_reasons) > 0
 } else := exchange_allowed if {
 	exchange
+} else := credential_issue_allowed if {
+	provenance.issuing
 } else := {"allow": true, "reason": "public", "scopes": [], "obligations": obligations} if {
 	public_route
 	not authenticated
@@ -54,6 +57,18 @@ exchange_allowed := {
 	authenticated
 }
 
+# POST /agents/credentials (genesis of an agent credential): the gateway has already
+# authenticated the agent and the user it acts for and checked the request's shape; the
+# policy decides whether this agent may hold these scopes, this long and this deep
+# (agentgate.provenance's credential:* reasons). The scopes granted are the requested ones.
+credential_issue_allowed := {
+	"allow": true,
+	"reason": "credential_issue",
+	"scopes": input.credential.scope,
+} if {
+	authenticated
+}
+
 authenticated if input.subject.id
 
 deny_reasons contains "exchange:client_not_allowed" if {
@@ -64,6 +79,8 @@ deny_reasons contains "exchange:client_not_allowed" if {
 deny_reasons contains reason if some reason in abac.deny
 
 deny_reasons contains reason if some reason in behavior.deny
+
+deny_reasons contains reason if some reason in provenance.deny
 
 deny_reasons contains reason if some reason in rebac.deny
 

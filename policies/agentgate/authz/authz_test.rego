@@ -223,3 +223,128 @@ test_east_west_hop_from_other_origin_is_denied if {
 	d.allow == false
 	d.reason == "txn:origin_not_allowed"
 }
+
+# POST /agents/credentials (credential.issue) against the demo data.
+travel := "spiffe://example.org/agent/travel"
+
+issue_input(peer, scope, depth) := {
+	"action": "credential.issue",
+	"request": {"method": "POST", "path": "/agents/credentials", "time_ns": ten_am},
+	"source": {"segment": "agent", "peer": {"spiffe_id": peer}},
+	"route": {"name": "agent-credentials", "segment": "booking", "tags": []},
+	"subject": {"id": "alice", "type": "user", "scopes": ["flights.read"]},
+	"actors": [],
+	"mode": "self",
+	"caller": "agent",
+	"authn": {"methods": ["mtls", "bearer"]},
+	"provenance": {},
+	"credential": {
+		"agent": peer,
+		"genesis": {"type": "user", "sub": "alice"},
+		"scope": scope,
+		"ttl_s": 300,
+		"depth": depth,
+	},
+}
+
+issue_cases := {
+	"domain agent, allowlisted scopes": {
+		"input": issue_input(travel, ["flights.read", "flights.book"], 4),
+		"want": {"allow": true, "reason": "credential_issue", "scopes": ["flights.read", "flights.book"]},
+	},
+	"scope outside the allowlist": {
+		"input": issue_input(travel, ["flights.read", "admin"], 4),
+		"want": {"allow": false, "reason": "credential:scope_not_allowed", "status": 403, "obligations": {}},
+	},
+	"foreign trust domain": {
+		"input": issue_input("spiffe://evil.org/agent/x", ["flights.read"], 1),
+		"want": {"allow": false, "reason": "credential:scope_not_allowed", "status": 403, "obligations": {}},
+	},
+	"deeper than data.provenance.max_depth": {
+		"input": issue_input(travel, ["flights.read"], 5),
+		"want": {"allow": false, "reason": "credential:too_deep", "status": 403, "obligations": {}},
+	},
+	"unauthenticated caller": {
+		"input": object.union(issue_input(travel, ["flights.read"], 1), {"subject": null}),
+		"want": {"allow": false, "reason": "authn:unauthenticated", "status": 403, "obligations": {}},
+	},
+}
+
+test_credential_issue[name] if {
+	some name, c in issue_cases
+	d := authz.decision with input as c.input
+	d == c.want
+}
+
+# A request made with a derived agent credential, as the gateway builds it: the genesis user
+# is the subject, the chain's agents are the actors (leaf first), the leaf's scope is the
+# subject's; no client certificate (an ephemeral sub-agent has none).
+flight := "spiffe://example.org/agent/travel/flight"
+
+pay := "spiffe://example.org/agent/travel/flight/pay"
+
+link(agent, cid) := {"agent": agent, "credential_id": cid, "scope": ["flights.read"], "depth": 0}
+
+credential_request(route_tags, genesis_type, agents, leaf_scope) := {
+	"request": {"method": "GET", "path": "/flights/42", "time_ns": ten_am},
+	"source": {"segment": "agent", "peer": {}},
+	"route": {"name": "flights", "segment": "booking", "tags": route_tags},
+	"subject": {"id": "alice", "type": "user", "scopes": leaf_scope},
+	"actors": [{"sub": agents[(count(agents) - 1) - i]} | some i, _ in agents],
+	"mode": "obo_user",
+	"caller": "agent",
+	"authn": {"methods": ["agent_credential"], "sender_constrained": "none"},
+	"provenance": {
+		"genesis": {"type": genesis_type, "sub": "alice"},
+		"issuer": "spiffe://example.org/gateway",
+		"chain": [link(agent, sprintf("cid-%d", [i])) | some i, agent in agents],
+		"depth": count(agents) - 1,
+		"credential_id": sprintf("cid-%d", [count(agents) - 1]),
+	},
+}
+
+read := ["flights.read"]
+
+provenance_cases := {
+	"root agent": {"input": credential_request([], "user", [travel], read), "reason": "rbac:traveller"},
+	"sub-agent of a sub-agent (no data.delegations, no peer)": {
+		"input": credential_request([], "user", [travel, flight, pay], read),
+		"reason": "rbac:traveller",
+	},
+	"too deep": {
+		"input": credential_request([], "user", [travel, flight, pay, "a", "b", "c"], read),
+		"reason": "provenance:too_deep",
+	},
+	"payments route started by a task": {
+		"input": credential_request(["payments"], "task", [travel, flight], read),
+		"reason": "provenance:genesis_not_human",
+	},
+	"payments route started by a user": {
+		"input": credential_request(["payments"], "user", [travel, flight], read),
+		"reason": "rbac:traveller",
+	},
+	"leaf scope lacks the route's": {
+		"input": credential_request([], "user", [travel, flight], ["billing.read"]),
+		"reason": "rbac:insufficient_scope",
+	},
+	"empty leaf scope grants nothing": {
+		"input": credential_request([], "user", [travel, flight], []),
+		"reason": "rbac:insufficient_scope",
+	},
+}
+
+test_provenance[name] if {
+	some name, c in provenance_cases
+	d := authz.decision with input as c.input
+	d.reason == c.reason
+}
+
+# Without input.provenance the same act chain is still held to data.delegations.
+test_act_chain_without_credential_still_needs_grants if {
+	doc := json.patch(credential_request([], "user", [travel, flight], read), [
+		{"op": "replace", "path": "/provenance", "value": {}},
+		{"op": "replace", "path": "/authn/methods", "value": ["bearer"]},
+	])
+	d := authz.decision with input as doc
+	d.reason == "rebac:not_delegated"
+}

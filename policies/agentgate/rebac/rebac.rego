@@ -6,6 +6,10 @@
 #   grant data.delegations[principal][actor] whose routes include this route ("*" = all);
 #   a grant's optional scopes narrow what the whole chain may do. The chain may be at most
 #   data.rebac.max_depth long, and the mode must agree with it.
+#   An agent-credential chain (input.provenance.credential_id set) is exempt from the grant,
+#   depth and peer-binding rules: its links are signed, narrowing delegations the gateway
+#   verified and the holder proved possession by signing the request; agentgate.provenance
+#   limits it instead (depth, human genesis, issuer).
 package agentgate.rebac
 
 max_depth := object.get(data.rebac, "max_depth", 1)
@@ -25,9 +29,13 @@ route_granted(routes, _) if "*" in routes
 
 route_granted(routes, route) if route in routes
 
-deny contains "rebac:depth_exceeded" if depth > max_depth
+deny contains "rebac:depth_exceeded" if {
+	not credential_chain
+	depth > max_depth
+}
 
 deny contains "rebac:not_delegated" if {
+	not credential_chain
 	some i, _ in input.actors
 	not link_grants[i]
 }
@@ -47,6 +55,7 @@ deny contains "rebac:mode_mismatch" if {
 # compared, and only when the caller presented a certificate; otherwise a stolen, unbound
 # token naming another agent could be replayed by any agent with a certificate.
 deny contains "rebac:peer_mismatch" if {
+	not credential_chain
 	startswith(acting_id, "spiffe://")
 	acting_id != input.source.peer.spiffe_id
 }
@@ -65,3 +74,5 @@ acting_id := input.subject.id if {
 	count(input.actors) == 0
 	input.subject.type == "agent"
 }
+
+credential_chain if input.provenance.credential_id
