@@ -34,7 +34,7 @@ class AgentCredentialSettings(Strict):
     issuer: str = Field("agentgate", pattern=r"^[\x21\x23-\x5b\x5d-\x7e]{1,255}$")
     # The first key mints; every listed key verifies (rotation: add a new key first, move it
     # to the top, drop the old one after max_ttl_s).
-    keys: tuple[RootKey, ...] = Field(min_length=1)
+    keys: tuple[RootKey, ...]
     ttl_s: int = Field(300, ge=1, le=3600)
     max_ttl_s: int = Field(3600, ge=1, le=86400)
     max_depth: int = Field(4, ge=0, le=7)
@@ -44,6 +44,8 @@ class AgentCredentialSettings(Strict):
 
     @model_validator(mode="after")
     def _checks(self) -> Self:
+        if not self.keys:
+            raise ValueError("keys: at least one root key is needed")
         ids = [key.id for key in self.keys]
         if len(set(ids)) != len(ids):
             raise ValueError("keys: duplicate key id")
