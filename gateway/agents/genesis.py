@@ -31,7 +31,6 @@ the audit trail.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,8 @@ from aiohttp import web
 
 from gateway.context import Identity, Inbound, RequestFacts
 from gateway.errors import BadRequest
+from gateway.jose.errors import JOSEError
+from gateway.jose.jws import strict_json_value
 from gateway.sdk.agent import RESTRICTIONS, CredentialError, mint_root
 from gateway.settings.agents import AgentCredentialSettings
 
@@ -171,8 +172,9 @@ def _object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        members = json.loads(body)
-    except (ValueError, RecursionError):
+        # The one strict JSON reader (duplicate members, NaN, 1e400 refused: gateway.jose).
+        members = strict_json_value(body)
+    except JOSEError:
         raise bad_request("body is not JSON") from None
     if not isinstance(members, dict):
         raise bad_request("body must be a JSON object")

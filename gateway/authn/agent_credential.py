@@ -40,9 +40,10 @@ Principal: ``subject`` = the genesis ``sub`` (``user``, or ``service`` for a tas
 leaf ``cid``, ``amr = ("swk",)`` (RFC 8176: proof of possession of a software key),
 ``provenance`` = :class:`gateway.context.Provenance`.
 
-A verified chain is cached by its exact header (``agent_credentials.cache_entries``) with the
-request-signing key derived from it, so a sub-agent's next call costs one MAC; expiry,
-signature, replay and revocation are still checked on every request.
+A chain is cached by its exact header (``agent_credentials.cache_entries``), with the
+request-signing key derived from it, once a request signed with that key has verified; a
+sub-agent's next call then costs one MAC. Expiry, signature, replay and revocation are still
+checked on every request.
 """
 
 from __future__ import annotations
@@ -134,18 +135,25 @@ class ChainVerifier:
         if secret is None:
             raise refused("agent credential key unknown", f"agent_credential: kid {root['kid']!r}")
         key = signing_key(chain_tag(secret.reveal(), [block.raw for block in blocks]))
-        chain = VerifiedChain(
+        return VerifiedChain(
             key=key,
             principal=self._principal(blocks),
             not_before=blocks[0].iat,
             expires_at=min(block.exp for block in blocks),
             methods=_effective(blocks).get("methods"),
         )
-        if self._max:
-            if len(self._cache) >= self._max:
-                self._cache.popitem(last=False)
-            self._cache[header] = chain
-        return chain
+
+    def remember(self, header: str, chain: VerifiedChain) -> None:
+        """Cache a chain once a request signed with its key has verified.
+
+        SECURITY: only then: a forged header (any blocks, no valid MAC) must not take a cache
+        slot, or an attacker could evict real chains and fill memory with 16 KiB headers.
+        """
+        if not self._max or header in self._cache:
+            return
+        if len(self._cache) >= self._max:
+            self._cache.popitem(last=False)
+        self._cache[header] = chain
 
     def _principal(self, blocks: list[Block]) -> Principal:
         root, leaf = blocks[0], blocks[-1]
@@ -245,6 +253,7 @@ class AgentCredentialAuthenticator:
             raise refused("covered component missing or unsupported") from None
         except InvalidSignature:
             raise refused("agent credential signature mismatch") from None
+        self.chains.remember(values[0], chain)
         if "content-digest" in parsed.covered:
             await self._check_digest(request)
         await self._first_use(chain, parsed, now)

@@ -270,3 +270,13 @@ def test_repr_shows_no_key(method: AgentCredentialAuthenticator) -> None:
     text = repr(method) + repr(method.chains)
     assert KEY_1.decode() not in text
     assert KEY_2.decode() not in text
+
+
+async def test_a_forged_header_takes_no_cache_slot(method: AgentCredentialAuthenticator) -> None:
+    """Only a chain whose request signature verified is cached (no cache pollution)."""
+    forged = root(key=b"f" * 32)  # well-formed blocks, MAC from a key the gateway lacks
+    await refused(method, request(signed(forged)), "signature mismatch")
+    assert forged.header() not in method.chains._cache
+    good = root()
+    assert await method.authenticate(request(signed(good)), facts()) is not None
+    assert good.header() in method.chains._cache
