@@ -165,7 +165,11 @@ def _swap(headers: dict[str, str], **changes: str) -> dict[str, str]:
     return {**headers, **changes}
 
 
-NOW = int(time.time())
+def _now() -> int:
+    """The clock when a case runs (a module-level constant goes stale in a long suite)."""
+    return int(time.time())
+
+
 CASES: list[tuple[str, Callable[[], tuple[Inbound, RequestFacts | None]], str]] = [
     (
         "other-issuer",
@@ -174,10 +178,10 @@ CASES: list[tuple[str, Callable[[], tuple[Inbound, RequestFacts | None]], str]] 
     ),
     ("unknown-kid", lambda: (request(signed(root(kid="gone"))), None), "key unknown"),
     ("wrong-root-key", lambda: (request(signed(root(key=b"x" * 32))), None), "signature mismatch"),
-    ("expired", lambda: (request(signed(root(ttl_s=10, now=NOW - 60))), None), "expired"),
+    ("expired", lambda: (request(signed(root(ttl_s=10, now=_now() - 60))), None), "expired"),
     (
         "not-yet-valid",
-        lambda: (request(signed(root(now=NOW + 600), created=NOW)), None),
+        lambda: (request(signed(root(now=_now() + 600), created=_now())), None),
         "not yet valid",
     ),
     (
@@ -197,7 +201,7 @@ CASES: list[tuple[str, Callable[[], tuple[Inbound, RequestFacts | None]], str]] 
     ),
     (
         "created-too-old",
-        lambda: (request(signed(root(now=NOW - 100), created=NOW - 100)), None),
+        lambda: (request(signed(root(now=_now() - 100), created=_now() - 100)), None),
         "clock skew",
     ),
     (
