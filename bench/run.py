@@ -773,6 +773,12 @@ MICRO: list[tuple[str, str, list[str], int]] = [
     ("txn_tokens", "Txn-Token mint and verify", ["--seconds", "0.5", "--runs", "5"], 300),
     ("authn_methods", "other authentication methods", ["--runs", "3", "--ops", "1000"], 300),
     ("state", "shared state: memory vs redis", ["--ops", "5000"], 240),
+    (
+        "agent_credentials",
+        "agent credentials (issue 16) vs ES256 JWT and X.509",
+        ["--seconds", "0.5", "--runs", "3"],
+        240,
+    ),
 ]
 
 
@@ -1314,7 +1320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = sys.executable
     # Time budget: per scenario and round, warm-up + the three phases + ~2 s overhead.
     per = 1 + args.duration + 2 * args.latency_duration + 2
-    micro_s = 0 if args.no_micro else 330
+    micro_s = 0 if args.no_micro else 360
     budget_s = args.budget_min * 60 - 90 - micro_s - (0 if args.no_profile else 20)
     runs_note = ""
     max_runs = max(1, int(budget_s // (per * len(wanted))))
