@@ -344,7 +344,7 @@ def main() -> int:
         print(f"{name:32} {1e6 / per_cpu:8.2f} {per_cpu:12,.0f} {per_wall:12,.0f}")
 
     derive = "derive child (one-deep parent)"
-    print("targets (issue 16), measured on this run:")
+    print("- issue 16 targets, against this run:")
     checks = [
         ("derive a child", f"{us[derive]:.2f} µs", us[derive] <= TARGETS["derive_us"],
          f"<= {TARGETS['derive_us']:g} µs"),
@@ -356,11 +356,11 @@ def main() -> int:
          per_core[derive] >= TARGETS["creations_per_s"], f">= {TARGETS['creations_per_s']:,}"),
     ]  # fmt: skip
     for what, figure, met, target in checks:
-        print(f"  target: {what}: {figure} (target {target}): {'met' if met else 'NOT met'}")
+        print(f"  - target: {what}: {figure} (target {target}): {'met' if met else 'NOT met'}")
     jwt_us = us["jwt ours (gateway.jose)"]
     cert_us = us["cert keygen + sign"]
     print(
-        f"  ratio: an ES256 JWT (ours) costs {jwt_us / us[derive]:,.1f}x a derived child, "
+        f"  - ratio: an ES256 JWT (ours) costs {jwt_us / us[derive]:,.1f}x a derived child, "
         f"an X.509 certificate with its key pair {cert_us / us[derive]:,.1f}x"
     )
     return 0
