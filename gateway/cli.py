@@ -77,6 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     from gateway.tokens.cli import add_subcommands
 
     add_subcommands(sub)  # keys generate; token inspect | verify | mint
+    from gateway import agent_cli
+
+    agent_cli.add_parser(sub)  # agent derive | inspect | headers
     return parser
 
 
@@ -100,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return dispatch(args)
         if args.command == "policy":
             return _policy_explain(args)
+        if args.command == "agent":
+            from gateway import agent_cli
+
+            return agent_cli.run(args)
         if args.command == "demo":
             from gateway.devtools.demo import run_demo
 
