@@ -42,17 +42,19 @@ leaf ``cid``, ``amr = ("swk",)`` (RFC 8176: proof of possession of a software ke
 
 A chain is cached by its exact header (``agent_credentials.cache_entries``), with the
 request-signing key derived from it, once a request signed with that key has verified; a
-sub-agent's next call then costs one MAC. Expiry, signature, replay and revocation are still
-checked on every request.
+sub-agent's next call then costs one MAC. The chain's parent is kept too, so a new child of a
+known chain (a planner's next sub-agent) parses and MACs its own block only. Expiry,
+signature, replay and revocation are still checked on every request.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from gateway.authn.base import invalid_token
 from gateway.authn.hmac_signature import message
@@ -69,14 +71,22 @@ from gateway.httpsig import (
     parse_signature_fields,
     signature_base,
 )
+from gateway.jose.errors import JOSEError
+from gateway.jose.jws import b64url_decode
 from gateway.sdk.agent import (
     HEADER,
+    MAX_BLOCKS,
+    MAX_HEADER_CHARS,
     RESTRICTIONS,
     Block,
     CredentialError,
-    chain_tag,
+    check_child,
+    derived_root_key,
+    mac,
+    parse_block,
     parse_header,
     signing_key,
+    trust_domain,
 )
 from gateway.settings.agents import AgentCredentialSettings
 from gateway.settings.authn import AgentCredentialMethod
@@ -93,6 +103,20 @@ def refused(description: str, detail: str = "") -> Unauthorized:
     )
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class KnownChain:
+    """Blocks whose final ``tag`` the gateway computed from its root key, with what the
+    policy input makes of them; a child of a known chain costs one block and one MAC."""
+
+    blocks: tuple[Block, ...]
+    tag: bytes  # SECURITY: the holder's secret for these blocks; never logged
+    inputs: tuple[Mapping[str, Any], ...]  # Block.as_input(), root first
+    actors: tuple[Actor, ...]  # leaf first
+
+    def __repr__(self) -> str:
+        return f"KnownChain({self.blocks[-1].agent!r}, tag=<redacted>)"
+
+
 @dataclass(frozen=True, slots=True)
 class VerifiedChain:
     """What a verified header yields; the key is the holder's request-signing key."""
@@ -102,13 +126,21 @@ class VerifiedChain:
     not_before: int
     expires_at: int
     methods: frozenset[str] | None
+    known: KnownChain
+    parent: KnownChain | None  # the chain minus its last block, when computed on the way
 
     def __repr__(self) -> str:
         return f"VerifiedChain({self.principal.client_id!r}, key=<redacted>)"
 
 
 class ChainVerifier:
-    """Header -> :class:`VerifiedChain`: parse, chain rules, issuer, root key, MAC (cached)."""
+    """Header -> :class:`VerifiedChain`: parse, chain rules, issuer, root key, MAC (cached).
+
+    Two bounded caches, both filled only by :meth:`remember` (after a request signature made
+    with the chain's key verified): verified headers, and known chains by header, whose
+    children are verified from the parent's tag (a thousand sub-agents of one planner parse
+    and MAC one block each, not the whole chain).
+    """
 
     def __init__(self, cfg: AgentCredentialSettings, method_name: str) -> None:
         self._issuer = cfg.issuer
@@ -116,6 +148,7 @@ class ChainVerifier:
         self._method = method_name
         self._max = cfg.cache_entries
         self._cache: OrderedDict[str, VerifiedChain] = OrderedDict()
+        self._known: OrderedDict[str, KnownChain] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"ChainVerifier(issuer={self._issuer!r}, keys={sorted(self._keys)})"
@@ -124,44 +157,92 @@ class ChainVerifier:
         chain = self._cache.get(header)
         if chain is not None:
             return chain
+        if len(header) > MAX_HEADER_CHARS:
+            raise refused(
+                f"agent credential: Agent-Credential is longer than {MAX_HEADER_CHARS} characters"
+            )
+        value = header.strip()
+        prefix, _, last = value.rpartition(".")
+        parent = self._known.get(prefix)
         try:
-            blocks = parse_header(header)
+            if parent is not None:
+                known, before = self._extend(parent, last), None
+            else:
+                known, before = self._compute(parse_header(value))
         except CredentialError as exc:
             raise refused(f"agent credential: {exc}") from None
+        blocks = known.blocks
+        return VerifiedChain(
+            key=signing_key(known.tag),
+            principal=self._principal(known),
+            not_before=blocks[0].iat,
+            expires_at=min(block.exp for block in blocks),
+            methods=_effective(blocks).get("methods"),
+            known=known,
+            parent=before,
+        )
+
+    def _compute(self, blocks: list[Block]) -> tuple[KnownChain, KnownChain | None]:
+        """A whole chain from the root key; also its parent, for the parent's other children."""
         root = blocks[0].members
         if root["iss"] != self._issuer:
             raise refused("agent credential from another issuer")
         secret = self._keys.get(root["kid"])
         if secret is None:
             raise refused("agent credential key unknown", f"agent_credential: kid {root['kid']!r}")
-        key = signing_key(chain_tag(secret.reveal(), [block.raw for block in blocks]))
-        return VerifiedChain(
-            key=key,
-            principal=self._principal(blocks),
-            not_before=blocks[0].iat,
-            expires_at=min(block.exp for block in blocks),
-            methods=_effective(blocks).get("methods"),
+        inputs = tuple(MappingProxyType(block.as_input()) for block in blocks)
+        actors = tuple(Actor(block.agent, self._issuer) for block in reversed(blocks))
+        tag = derived_root_key(secret.reveal())
+        for block in blocks[:-1]:
+            tag = mac(tag, block.raw)
+        parent = None
+        if len(blocks) > 1:
+            parent = KnownChain(tuple(blocks[:-1]), tag, inputs[:-1], actors[1:])
+        known = KnownChain(tuple(blocks), mac(tag, blocks[-1].raw), inputs, actors)
+        return known, parent
+
+    def _extend(self, parent: KnownChain, part: str) -> KnownChain:
+        """A known chain plus one block: the same rules :func:`parse_header` applies."""
+        index = len(parent.blocks)
+        if index >= MAX_BLOCKS:
+            raise CredentialError(f"credential has more than {MAX_BLOCKS} blocks")
+        try:
+            raw = b64url_decode(part)
+        except JOSEError:
+            raise CredentialError(f"block {index} is not base64url") from None
+        child = parse_block(raw, index)
+        check_child(parent.blocks[-1], child, index, trust_domain(parent.blocks[0].agent))
+        if any(block.cid == child.cid for block in parent.blocks):
+            raise CredentialError(f"block {index} repeats a credential id")
+        return KnownChain(
+            (*parent.blocks, child),
+            mac(parent.tag, raw),
+            (*parent.inputs, MappingProxyType(child.as_input())),
+            (Actor(child.agent, self._issuer), *parent.actors),
         )
 
     def remember(self, header: str, chain: VerifiedChain) -> None:
-        """Cache a chain once a request signed with its key has verified.
+        """Cache a chain (and its parent) once a request signed with its key has verified.
 
         SECURITY: only then: a forged header (any blocks, no valid MAC) must not take a cache
         slot, or an attacker could evict real chains and fill memory with 16 KiB headers.
         """
         if not self._max or header in self._cache:
             return
-        if len(self._cache) >= self._max:
-            self._cache.popitem(last=False)
-        self._cache[header] = chain
+        _put(self._cache, header, chain, self._max)
+        value = header.strip()
+        _put(self._known, value, chain.known, self._max)
+        if chain.parent is not None:
+            _put(self._known, value.rpartition(".")[0], chain.parent, self._max)
 
-    def _principal(self, blocks: list[Block]) -> Principal:
+    def _principal(self, known: KnownChain) -> Principal:
+        blocks = known.blocks
         root, leaf = blocks[0], blocks[-1]
         genesis = dict(root.members["genesis"])
         provenance = Provenance(
             genesis=MappingProxyType(genesis),
             issuer=self._issuer,
-            chain=tuple(MappingProxyType(block.as_input()) for block in blocks),
+            chain=known.inputs,
             restrictions=MappingProxyType(_effective(blocks)),
         )
         return Principal(
@@ -171,7 +252,7 @@ class ChainVerifier:
             issuer=self._issuer,
             scopes=tuple(sorted(leaf.scope)),
             client_id=leaf.agent,
-            actors=tuple(Actor(block.agent, self._issuer) for block in reversed(blocks)),
+            actors=known.actors,
             amr=AMR,
             claims=MappingProxyType({"credential_id": leaf.cid, "depth": len(blocks) - 1}),
             expires_at=float(min(block.exp for block in blocks)),
@@ -180,7 +261,15 @@ class ChainVerifier:
         )
 
 
-def _effective(blocks: list[Block]) -> dict[str, frozenset[str]]:
+def _put(cache: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    if key in cache:
+        cache.move_to_end(key)
+    elif len(cache) >= limit:
+        cache.popitem(last=False)
+    cache[key] = value
+
+
+def _effective(blocks: Sequence[Block]) -> dict[str, frozenset[str]]:
     """The innermost restriction lists (each block's are a subset of its parent's)."""
     out: dict[str, frozenset[str]] = {}
     for block in blocks:
@@ -247,7 +336,9 @@ class AgentCredentialAuthenticator:
             raise refused("agent credential does not allow this method")
         parsed = self._fields(request, chain, now)
         try:
-            base = signature_base(parsed.params_list, message(request, facts).component)
+            base = signature_base(
+                parsed.params_list, message(request, facts).component, parsed.params_text
+            )
             hmac_sha256.verify(chain.key, base, parsed.signature)
         except ComponentUnavailable:
             raise refused("covered component missing or unsupported") from None

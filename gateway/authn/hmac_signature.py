@@ -174,7 +174,9 @@ class HMACSignatureAuthenticator:
         now = facts.time_ns / 1e9
         self._check_params(parsed, now)
         try:
-            base = signature_base(parsed.params_list, message(request, facts).component)
+            base = signature_base(
+                parsed.params_list, message(request, facts).component, parsed.params_text
+            )
         except ComponentUnavailable:
             raise invalid_token("covered component missing or unsupported") from None
         try:

@@ -83,15 +83,20 @@ def authority(host: str, scheme: str) -> str:
     return host
 
 
-def signature_base(params: InnerList, value_of: Callable[[str], str]) -> bytes:
+def signature_base(
+    params: InnerList, value_of: Callable[[str], str], serialized: str | None = None
+) -> bytes:
     """§2.5: the signature base for ``params`` (the ``@signature-params`` inner list).
 
     ``value_of`` gives each covered component's value (usually :meth:`Request.component`)
-    and raises :class:`ComponentUnavailable` for one it cannot produce.
+    and raises :class:`ComponentUnavailable` for one it cannot produce. ``serialized`` is
+    ``params`` already serialised (``SignatureFields.params_text``), to skip doing it again.
     """
     names = [str(item.value) for item in params.items]
     lines = [f'"{name}": {value_of(name)}' for name in names]
-    lines.append(f'"@signature-params": {serialize_inner_list(params)}')
+    if serialized is None:
+        serialized = serialize_inner_list(params)
+    lines.append(f'"@signature-params": {serialized}')
     text = "\n".join(lines)
     if not text.isascii():
         # SECURITY: RFC 9421 §2.5: a base that is not ASCII cannot be signed or verified.

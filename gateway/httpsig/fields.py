@@ -9,6 +9,14 @@ and never ``@signature-params`` (§2.3); a covered component with parameters (``
 Integers and ``keyid``/``alg``/``nonce``/``tag`` Strings (§2.3); ``keyid`` is required (the
 gateway's keys are looked up by it).
 
+Fast path: a single field line each in the canonical form signers write (one label, quoted
+components separated by one space, Integer and String parameters without escapes, no
+whitespace) is matched by one regular expression instead of the general RFC 8941 parser. It
+is a strict subset of the grammar and yields the same values; anything else (several lines,
+escapes, Booleans, Tokens, odd spacing, a non-canonical Integer) takes the general parser.
+Either way the same checks follow, and ``params_text`` is the canonical serialisation of the
+inner list (the ``@signature-params`` value), which on the fast path is the text as received.
+
 Writing (:func:`signature_params`, :func:`field_values`): the inner list for given components
 and parameters, and the two field values under one label.
 
@@ -17,6 +25,7 @@ This module imports nothing of the gateway: the agent SDK uses it as well.
 
 from __future__ import annotations
 
+import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,11 +39,24 @@ from gateway.httpsig.sfv import (
     Token,
     parse_dictionary,
     serialize_dictionary,
+    serialize_inner_list,
 )
 
 _COMPONENT = re.compile(r"@?[a-z0-9!#$%&'*+.^_`|~-]+")
 _INT_PARAMS = frozenset({"created", "expires"})
 _STR_PARAMS = frozenset({"keyid", "alg", "nonce", "tag"})
+
+_KEY = r"[a-z*][a-z0-9_.*-]*"
+_QUOTED_COMPONENT = r'"@?[a-z0-9!#$%&\'*+.^_`|~-]+"'
+# Canonical Integers only (no leading zero, no "-0"), so the text is its own serialisation.
+_FAST_PARAM_TEXT = rf';{_KEY}=(?:0|-?[1-9][0-9]{{0,14}}|"[\x20\x21\x23-\x5b\x5d-\x7e]*")'
+_FAST_INPUT = re.compile(
+    rf"({_KEY})=(\((?:{_QUOTED_COMPONENT}(?: {_QUOTED_COMPONENT})*)?\)(?:{_FAST_PARAM_TEXT})*)"
+)
+_FAST_PARAM = re.compile(
+    rf';({_KEY})=(?:(0|-?[1-9][0-9]{{0,14}})|"([\x20\x21\x23-\x5b\x5d-\x7e]*)")'
+)
+_FAST_SIGNATURE = re.compile(rf"({_KEY})=:([A-Za-z0-9+/]*={{0,2}}):")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +68,20 @@ class SignatureFields:
     covered: tuple[str, ...]
     params: dict[str, BareItem]
     signature: bytes
+    params_text: str  # the canonical serialisation of params_list
 
 
 def parse_signature_fields(inputs: Sequence[str], signatures: Sequence[str]) -> SignatureFields:
     """Parse the field lines of ``Signature-Input`` and ``Signature`` (see the module text)."""
+    if len(inputs) == 1 and len(signatures) == 1:
+        fast = _parse_canonical(inputs[0], signatures[0])
+        if fast is not None:
+            return fast
+    return _parse_general(inputs, signatures)
+
+
+def _parse_general(inputs: Sequence[str], signatures: Sequence[str]) -> SignatureFields:
+    """Any RFC 8941 form, through the general parser."""
     try:
         input_dict = parse_dictionary(", ".join(inputs))
         sig_dict = parse_dictionary(", ".join(signatures))
@@ -66,8 +98,39 @@ def parse_signature_fields(inputs: Sequence[str], signatures: Sequence[str]) -> 
     if not isinstance(sig_item, Item) or not isinstance(sig_item.value, bytes):
         raise MalformedSignature("Signature member is not a byte sequence")
     return SignatureFields(
-        label, params_list, _covered(params_list), _params(params_list.params), sig_item.value
+        label,
+        params_list,
+        _covered(params_list),
+        _params(params_list.params),
+        sig_item.value,
+        serialize_inner_list(params_list),
     )
+
+
+def _parse_canonical(text: str, signature_text: str) -> SignatureFields | None:
+    """The fast path (module text), or ``None`` to take the general parser."""
+    matched = _FAST_INPUT.fullmatch(text)
+    signed = _FAST_SIGNATURE.fullmatch(signature_text)
+    if matched is None or signed is None or matched[1] != signed[1]:
+        return None
+    label, params_text = matched[1], matched[2]
+    components, _, rest = params_text[1:].partition(")")
+    # The pattern admits exactly _COMPONENT's names, quoted, one space apart.
+    covered = tuple(components[1:-1].split('" "')) if components else ()
+    if len(set(covered)) != len(covered) or "@signature-params" in covered:
+        return None  # the general path refuses it with its message
+    pairs: Params = tuple(
+        (key, int(number) if number else string)
+        for key, number, string in _FAST_PARAM.findall(rest)
+    )
+    if len({key for key, _ in pairs}) != len(pairs):
+        return None  # a repeated parameter: the general parser refuses it
+    try:
+        signature = binascii.a2b_base64(signed[2], strict_mode=True)
+    except binascii.Error:
+        return None
+    params_list = InnerList(tuple(map(Item, covered)), pairs)
+    return SignatureFields(label, params_list, covered, _params(pairs), signature, params_text)
 
 
 def _covered(params_list: InnerList) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from gateway.authn.agent_credential import AgentCredentialAuthenticator
 from gateway.context import Inbound, RequestFacts
 from gateway.errors import Unauthorized
+from gateway.jose.jws import b64url_encode
 from gateway.sdk.agent import AgentCredential, mint_root
 from gateway.settings.agents import AgentCredentialSettings
 from gateway.state.memory import MemoryReplayCache
@@ -284,3 +285,35 @@ async def test_a_forged_header_takes_no_cache_slot(method: AgentCredentialAuthen
     good = root()
     assert await method.authenticate(request(signed(good)), facts()) is not None
     assert good.header() in method.chains._cache
+
+
+async def test_a_child_of_a_known_chain_is_verified_from_the_parent_tag(
+    method: AgentCredentialAuthenticator,
+) -> None:
+    """Once a child verified, its parent is known: a sibling verifies, a forged one does not."""
+    parent = root().derive("spiffe://example.org/agent/planner")
+    first = parent.derive("spiffe://example.org/agent/w0")
+    assert await method.authenticate(request(signed(first)), facts()) is not None
+    assert parent.header() in method.chains._known  # the parent, never called itself
+    sibling = parent.derive("spiffe://example.org/agent/w1", scope=["pay"])
+    principal = await method.authenticate(request(signed(sibling)), facts())
+    assert principal is not None
+    assert principal.scopes == ("pay",)
+    assert [a.sub for a in principal.actors] == [
+        "spiffe://example.org/agent/w1",
+        "spiffe://example.org/agent/planner",
+        ROOT,
+    ]
+    # The same blocks under the known parent, but the MAC chained from a wrong tag.
+    forged = AgentCredential(sibling.blocks, b"\x00" * 32)
+    await refused(method, request(signed(forged)), "signature mismatch")
+    # A widened block under the known parent: the chain rule, not the MAC, refuses it.
+    widened = AgentCredential(parent.blocks, b"\x00" * 32)
+    block = parent.derive("spiffe://example.org/agent/w2").blocks[-1]
+    raw = block.raw.replace(b'"scope":["flights:read","pay"]', b'"scope":["admin","pay"]')
+    assert raw != block.raw
+    text = widened.header() + "." + b64url_encode(raw)
+    await refused(method, request({**signed(sibling), "Agent-Credential": text}), "widens scope")
+    # A repeated credential id under the known parent.
+    again = parent.header() + "." + b64url_encode(parent.blocks[-1].raw)
+    await refused(method, request({**signed(sibling), "Agent-Credential": again}), "block 2")

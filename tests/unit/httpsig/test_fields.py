@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.httpsig import InvalidSignature, MalformedSignature, parse_signature_fields
+from gateway.httpsig import InvalidSignature, MalformedSignature, fields, parse_signature_fields
 from gateway.httpsig.errors import SFError
 from gateway.httpsig.fields import field_values, signature_params
-from gateway.httpsig.sfv import InnerList, Item
+from gateway.httpsig.sfv import InnerList, Item, serialize_inner_list
 from tests.unit.httpsig import vectors as v
 
 SIG = "sig1=:AAAA:"
@@ -112,3 +112,36 @@ def test_never_writes_an_unparseable_field(label: str, keyid: str) -> None:
     params = signature_params(("@method",), created=1, keyid=keyid, alg="hmac-sha256")
     with pytest.raises(SFError):
         field_values(label, params, b"mac")
+
+
+_CANONICAL = (
+    'sig=("@method" "@target-uri" "content-digest");created=1618884473;keyid="k1";alg="x"',
+    'sig=();created=0;keyid="k"',
+    'sig=("@method");created=-5;nonce="a b!";keyid="k"',
+)
+_GENERAL_ONLY = (  # valid RFC 8941 that the fast pattern leaves to the general parser
+    'sig=("@method");created=007;keyid="k"',  # a non-canonical Integer
+    'sig=("@method");keyid="k\\"q"',  # an escape
+    'sig=("@method");keyid="k";flag',  # a Boolean parameter
+    'sig=("@method");keyid="k";alg=tok',  # a Token
+    'sig=( "@method" );keyid="k"',  # spaces inside the list
+    'sig=("@method");created=1;created=2;keyid="k"',  # a repeated parameter (refused)
+    'sig=("@method" "@method");keyid="k"',  # a repeated component (refused)
+)
+
+
+@pytest.mark.parametrize("text", _CANONICAL + _GENERAL_ONLY)
+def test_the_fast_path_reads_what_the_general_parser_reads(text: str) -> None:
+    signature = "sig=:AAEC:"
+    fast = fields._parse_canonical(text, signature)
+    if text in _GENERAL_ONLY:
+        assert fast is None
+    try:
+        general = fields._parse_general([text], [signature])
+    except (MalformedSignature, InvalidSignature):
+        assert fast is None
+        return
+    if fast is not None:
+        assert fast == general
+        assert fast.params_text == serialize_inner_list(fast.params_list)
+    assert general.params_text == serialize_inner_list(general.params_list)

@@ -311,7 +311,7 @@ def _forged_tag(header: str) -> bytes | None:
 def test_tampering_is_refused_or_breaks_the_mac() -> None:
     outcomes: Counter[str] = Counter()
 
-    @settings(max_examples=160, **_QUICK)
+    @settings(max_examples=160, derandomize=True, **_QUICK)
     @given(st.data())
     def run(data: st.DataObject) -> None:
         cred = data.draw(chains())
@@ -326,8 +326,23 @@ def test_tampering_is_refused_or_breaks_the_mac() -> None:
         event(f"{kind}: {outcome}")
 
     run()
-    for kind in ("header byte", "block byte", "remove", "truncate", "reorder", "duplicate"):
+    # "truncate" is drawn only when "remove" picks the last block: not in every run, so the
+    # property it states is also checked once directly.
+    for kind in ("header byte", "block byte", "remove", "reorder", "duplicate"):
         assert outcomes[kind] > 0, (kind, outcomes)
+    child = sdk.mint_root(
+        ROOT_KEY,
+        kid="2026-12",
+        issuer=ISSUER,
+        genesis={"type": "user", "sub": "alice"},
+        agent=ROOT_AGENT,
+        scope=["a"],
+        ttl_s=60,
+        depth=2,
+        now=NOW,
+    ).derive(ROOT_AGENT + "/child", now=NOW)
+    truncated = child.header().rpartition(".")[0]
+    assert _forged_tag(truncated) not in (None, sdk.chain_tag(ROOT_KEY, raws(child)))
     # Both defences were exercised: the parser's refusal and the MAC (truncation parses).
     assert outcomes["refused"] > 0, outcomes
     assert outcomes["other MAC"] > 0, outcomes
