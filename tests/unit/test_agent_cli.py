@@ -23,19 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
 
 from gateway.authn.agent_credential import AgentCredentialAuthenticator
 from gateway.cli import main
-from gateway.context import Inbound, RequestFacts
 from gateway.errors import Unauthorized
 from gateway.sdk.agent import AgentCredential, mint_root, signing_key
 from gateway.settings.agents import AgentCredentialSettings
 from gateway.state.memory import MemoryReplayCache
-from tests.support import ROOT, inbound, subprocess_env
+from tests.support import ROOT, subprocess_env
+from tests.unit.authn.agent_requests import HOST, facts, request
 
-HOST = "gw.example.org"
 ISSUER = "spiffe://example.org/gateway"
 TRAVEL = "spiffe://example.org/agent/travel"
 FARE = f"{TRAVEL}/fare-checker"
@@ -124,47 +121,6 @@ def authenticator(monkeypatch: pytest.MonkeyPatch) -> AgentCredentialAuthenticat
         {"issuer": ISSUER, "keys": [{"id": "k1", "secret": "env:AC_CLI_KEY"}], "max_skew_s": 30}
     )
     return AgentCredentialAuthenticator("subagents", cfg, MemoryReplayCache(), 1024 * 1024)
-
-
-class _Payload:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    async def readany(self) -> bytes:
-        body, self._body = self._body, b""
-        return body
-
-    async def read(self, n: int = -1) -> bytes:
-        return await self.readany()
-
-    def at_eof(self) -> bool:
-        return not self._body
-
-
-def request(headers: dict[str, str], method: str, path: str, body: bytes = b"") -> Inbound:
-    items = [*headers.items(), ("Host", HOST)]
-    if body:
-        items.append(("Content-Length", str(len(body))))
-    mocked = make_mocked_request(method, path, headers=CIMultiDict(items), payload=_Payload(body))
-    return inbound(mocked)
-
-
-def facts(method: str, path: str) -> RequestFacts:
-    return RequestFacts(
-        request_id="r1",
-        method=method,
-        scheme="https",
-        host=HOST,
-        path=path,
-        raw_query="",
-        client_address="192.0.2.1",
-        peer_address="192.0.2.1",
-        forwarded_for="192.0.2.1",
-        forwarded_proto="https",
-        forwarded_host=HOST,
-        peer=None,
-        time_ns=time.time_ns(),
-    )
 
 
 def derive_child(capsys: pytest.CaptureFixture[str], parent: Path, out: Path, *extra: str) -> Path:

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
-from multidict import CIMultiDict
 
 from gateway.authn.agent_credential import AgentCredentialAuthenticator
 from gateway.context import Inbound, RequestFacts
@@ -21,9 +19,8 @@ from gateway.jose.jws import b64url_encode
 from gateway.sdk.agent import AgentCredential, mint_root
 from gateway.settings.agents import AgentCredentialSettings
 from gateway.state.memory import MemoryReplayCache
-from tests.support import inbound
+from tests.unit.authn.agent_requests import HOST, facts, request
 
-HOST = "gw.example.org"
 ISSUER = "spiffe://example.org/gateway"
 ROOT = "spiffe://example.org/agent/travel"
 KEY_1 = b"1" * 32
@@ -58,55 +55,6 @@ def root(key: bytes = KEY_1, kid: str = "k1", issuer: str = ISSUER, **kw: Any) -
     }
     args.update(kw)
     return mint_root(key, kid=kid, issuer=issuer, **args)
-
-
-def facts(method: str = "GET", path: str = "/flights/1", now: float | None = None) -> RequestFacts:
-    return RequestFacts(
-        request_id="r1",
-        method=method,
-        scheme="https",
-        host=HOST,
-        path=path,
-        raw_query="",
-        client_address="192.0.2.1",
-        peer_address="192.0.2.1",
-        forwarded_for="192.0.2.1",
-        forwarded_proto="https",
-        forwarded_host=HOST,
-        peer=None,
-        time_ns=int((time.time() if now is None else now) * 1e9),
-    )
-
-
-def request(
-    headers: dict[str, str] | list[tuple[str, str]],
-    method: str = "GET",
-    path: str = "/flights/1",
-    body: bytes | None = None,
-) -> Inbound:
-    items = list(headers.items()) if isinstance(headers, dict) else list(headers)
-    items.append(("Host", HOST))
-    if body is not None:
-        items.append(("Content-Length", str(len(body))))
-    mocked = make_mocked_request(method, path, headers=CIMultiDict(items), payload=_Payload(body))
-    return inbound(mocked)
-
-
-class _Payload:
-    """The body of a mocked request, read once."""
-
-    def __init__(self, body: bytes | None) -> None:
-        self._body = body or b""
-
-    async def readany(self) -> bytes:
-        body, self._body = self._body, b""
-        return body
-
-    async def read(self, n: int = -1) -> bytes:
-        return await self.readany()
-
-    def at_eof(self) -> bool:
-        return not self._body
 
 
 def signed(

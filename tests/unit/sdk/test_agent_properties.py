@@ -34,20 +34,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, event, given, settings, target
 from hypothesis import strategies as st
-from multidict import CIMultiDict
 
 from gateway.authn.agent_credential import AgentCredentialAuthenticator
-from gateway.context import RequestFacts
 from gateway.errors import Unauthorized
 from gateway.jose.jws import b64url_decode, b64url_encode
 from gateway.sdk import agent as sdk
 from gateway.sdk.agent import MAX_BLOCKS, RESTRICTIONS, AgentCredential, CredentialError
 from gateway.settings.agents import AgentCredentialSettings
 from gateway.state.memory import MemoryReplayCache
-from tests.support import inbound
+from tests.unit.authn.agent_requests import HOST, facts, request
 from tests.unit.sdk import ISSUER, NOW, ROOT_AGENT, ROOT_KEY, child_members, holder_form, raws
 
 DOMAIN = "example.org"
@@ -350,7 +347,6 @@ def test_tampering_is_refused_or_breaks_the_mac() -> None:
 
 # --------------------------------------------------------------------------- end to end
 
-HOST = "gw.example.org"
 URL = f"https://{HOST}/flights/1"
 # The gateway's root key is the env value's bytes (a secret reference reads text).
 GATEWAY_KEY = b"gateway-root-key-for-properties!"
@@ -368,28 +364,8 @@ def _authenticator(monkeypatch: pytest.MonkeyPatch) -> AgentCredentialAuthentica
     return AgentCredentialAuthenticator("agents", cfg, MemoryReplayCache(), 1024 * 1024)
 
 
-def _facts() -> RequestFacts:
-    return RequestFacts(
-        request_id="r1",
-        method="GET",
-        scheme="https",
-        host=HOST,
-        path="/flights/1",
-        raw_query="",
-        client_address="192.0.2.1",
-        peer_address="192.0.2.1",
-        forwarded_for="192.0.2.1",
-        forwarded_proto="https",
-        forwarded_host=HOST,
-        peer=None,
-        time_ns=time.time_ns(),
-    )
-
-
 async def _authenticate(method: AgentCredentialAuthenticator, headers: Mapping[str, str]) -> Any:
-    items = [*headers.items(), ("Host", HOST)]
-    mocked = make_mocked_request("GET", "/flights/1", headers=CIMultiDict(items))
-    return await method.authenticate(inbound(mocked), _facts())
+    return await method.authenticate(request(dict(headers)), facts())
 
 
 async def _refused(method: AgentCredentialAuthenticator, headers: Mapping[str, str]) -> str:
