@@ -22,8 +22,9 @@ checking one, in one process on one core:
 * ``verify chain cold (miss)`` -- a 5-deep chain (root + 5 delegations) and its RFC 9421
   request signature through
   :meth:`gateway.authn.agent_credential.AgentCredentialAuthenticator.authenticate` on an
-  :class:`gateway.context.Inbound`, each request with a new leaf (a new header: the
-  verified-chain cache misses, every block is parsed and every MAC recomputed);
+  :class:`gateway.context.Inbound`, each request with a new leaf under the same 4-deep
+  parent (a new header: the verified-chain cache misses; the parent is a known chain after
+  the first request, so the leaf's block is parsed and MACed from the parent's tag);
   ``verify chain warm (hit)`` -- the same chain each time (cache hit: one HKDF'd key already
   derived), each request with a fresh signature (new ``nonce``): the replay store is the real
   :class:`gateway.state.memory.MemoryReplayCache` and refuses none of them. Both include the
