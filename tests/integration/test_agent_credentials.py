@@ -361,13 +361,11 @@ async def test_thousand_subagents_then_root_revoked_on_the_other_node(world: Wor
     await world.revoke("credential", root.credential_id)
     revoked_at = time.monotonic()
 
-    async def all_refused() -> bool:
-        statuses = await asyncio.gather(*(world.call(c, node=1) for c in subagents[:50]))
-        return all(status == 401 for status, _, _ in statuses)
-
-    while not await all_refused():
+    # One probe at a time, so the figure is the propagation time and not the time a round
+    # of many calls takes on a loaded machine (revocation_poll_s is 0.5 s by default).
+    while (await world.call(subagents[0], node=1))[0] != 401:
         assert time.monotonic() - revoked_at < 1.0, "node B still accepts a revoked chain"
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
     elapsed = time.monotonic() - revoked_at
     assert elapsed < 1.0
     statuses = await asyncio.gather(*(world.call(c, node=1) for c in subagents))
