@@ -1,0 +1,242 @@
+"""Servers and clients built with the official MCP and A2A SDKs, for the issue-17 tests.
+
+Nothing here is agentgate code: the servers are the SDKs' own (``mcp`` 2.x ``MCPServer``
+served over Streamable HTTP; ``a2a-sdk`` 1.x JSON-RPC routes), run by uvicorn in the test's
+event loop on ``127.0.0.1:<free port>``, so the gateway under test sits between two pieces
+of software nobody here wrote.
+
+Contract:
+
+* :class:`Recorder` is a raw ASGI wrapper around a server app: it keeps every HTTP request's
+  method, path, headers and the exact body bytes (:class:`Seen`) before the SDK parses them,
+  so a test can assert what the upstream received byte for byte, and that no client
+  ``Authorization`` header ever arrived.
+* :func:`bank_server` builds the MCP server: tools ``get_balance(account)``,
+  ``transfer_funds(account, amount, currency)``, ``delete_account(account)`` and
+  ``slow_count(n)`` (one log message and one progress notification per step; before the
+  next step it waits for the client's acknowledgement through a :class:`Pacer`, so the call
+  only completes if every notification was relayed on its own, not buffered to the end).
+* :func:`serve` starts an ASGI app on a free loopback port (async context manager yielding
+  the :class:`Running` server); it waits until the port answers and stops the server at exit.
+* :func:`mcp_client` is an SDK ``Client`` over the SDK's Streamable HTTP transport with the
+  given headers (the bearer token), ``mode="legacy"`` (initialize handshake, Mcp-Session-Id)
+  unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# How long slow_count waits for the client to acknowledge one step before it gives up: a
+# relay that buffers never delivers the step, so the tool fails instead of the test hanging.
+ACK_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One HTTP request as the upstream received it (headers lower-cased, body exact)."""
+
+    method: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass
+class Recorder:
+    """An ASGI wrapper that records each HTTP request before the wrapped app sees it."""
+
+    app: ASGIApp
+    seen: list[Seen] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        headers = tuple(
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]
+        )
+        self.seen.append(Seen(scope["method"], scope["path"], headers, body))
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # the disconnect, when it comes
+
+        await self.app(scope, replay, send)
+
+    def bodies(self, needle: bytes) -> list[bytes]:
+        """The bodies received that contain ``needle``."""
+        return [s.body for s in self.seen if needle in s.body]
+
+
+@dataclass
+class Pacer:
+    """Lockstep for ``slow_count``: after each step the tool waits for the client's ack.
+
+    A test's progress callback calls :meth:`ack` when step *k* reached it; only then does the
+    server emit step *k + 1*. So the call completes only if every notification crossed the
+    gateway on its own, before the response ended: proof of event-by-event relaying that
+    needs no clock. ``emitted`` counts the steps sent so far.
+    """
+
+    acks: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
+    emitted: int = 0
+
+    def ack(self, step: int) -> None:
+        self.acks.put_nowait(step)
+
+    async def wait(self, step: int) -> None:
+        try:
+            got = await asyncio.wait_for(self.acks.get(), ACK_TIMEOUT_S)
+        except TimeoutError:
+            raise RuntimeError(f"step {step} never reached the client (buffered?)") from None
+        if got != step:
+            raise RuntimeError(f"client acknowledged step {got}, expected {step}")
+
+
+def bank_server(pacer: Pacer | None = None) -> MCPServer:
+    """The MCP server behind the gateway: four tools of a toy bank."""
+    mcp = MCPServer("bank")
+    pace = pacer or Pacer()
+
+    @mcp.tool()
+    def get_balance(account: str) -> dict[str, Any]:
+        """The balance of an account."""
+        return {"account": account, "balance": 1234, "currency": "EUR"}
+
+    @mcp.tool()
+    def transfer_funds(account: str, amount: int, currency: str) -> dict[str, Any]:
+        """Move money out of an account."""
+        return {"account": account, "moved": amount, "currency": currency}
+
+    @mcp.tool()
+    def delete_account(account: str) -> str:
+        """Close an account for good."""
+        return f"deleted {account}"
+
+    @mcp.tool()
+    async def slow_count(n: int, ctx: Context) -> int:
+        """Count to n: a log message and a progress notification per step, each acknowledged."""
+        for step in range(1, n + 1):
+            await ctx.info(f"step {step}")
+            await ctx.report_progress(step, n, f"step {step}")
+            pace.emitted = step
+            await pace.wait(step)
+        return n
+
+    return mcp
+
+
+def mcp_app(server: MCPServer, *, stateless: bool = False, path: str = "/mcp") -> Any:
+    """The server's Streamable HTTP app at ``path``.
+
+    Stateful (the default) hands out ``Mcp-Session-Id`` and answers with SSE streams;
+    ``stateless`` keeps no session and answers plain JSON.
+    """
+    return server.streamable_http_app(
+        streamable_http_path=path,
+        stateless_http=stateless,
+        json_response=stateless,
+        # The gateway forwards the client's Host; the SDK's DNS-rebinding guard would refuse it.
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Running:
+    url: str
+    recorder: Recorder
+
+
+@contextlib.asynccontextmanager
+async def serve(app: ASGIApp) -> AsyncIterator[Running]:
+    """Run ``app`` (wrapped in a :class:`Recorder`) under uvicorn on a free loopback port."""
+    recorder = Recorder(app)
+    port = free_port()
+    config = uvicorn.Config(
+        recorder,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            if task.done():
+                task.result()  # raises the server's startup error
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError("uvicorn did not start")
+        yield Running(f"http://127.0.0.1:{port}", recorder)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    mode: str = "legacy",
+    event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+    **options: Any,
+) -> AsyncIterator[Client]:
+    """An SDK client over Streamable HTTP to ``url`` sending ``headers`` on every request.
+
+    ``event_hooks`` go to the ``httpx2.AsyncClient`` (to see the exact request bytes);
+    ``options`` to the SDK ``Client`` (callbacks).
+    """
+    async with httpx2.AsyncClient(
+        headers=dict(headers or {}),
+        timeout=httpx2.Timeout(10, read=30),
+        event_hooks=dict(event_hooks or {}),
+    ) as http:
+        transport = streamable_http_client(url, http_client=http)
+        async with Client(transport, mode=mode, cache=None, **options) as client:
+            yield client
