@@ -5,6 +5,7 @@ A :class:`State` bundles the three stores of one backend (``state.backend``):
 * ``replay``      :class:`ReplayCache`       -- "has this jti/nonce been used?" (atomic)
 * ``revocations`` :class:`RevocationStore`   -- revoked subjects, agents, certs, jtis, txns
 * ``limiter``     :class:`RateLimiter`       -- token buckets
+* ``sessions``    :class:`SessionBindings`   -- which subject owns an MCP session id
 
 ``gateway.state.factory.build_state`` builds one from :class:`gateway.settings.StateSettings`.
 The ``memory`` backend lives in one process; the ``redis`` backend is shared by every
@@ -38,6 +39,31 @@ class ReplayCache(Protocol):
 
         Atomic: of two concurrent calls with the same key exactly one gets True.
         """
+        ...
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+class SessionBindings(Protocol):
+    """Who owns a protocol session (an MCP ``Mcp-Session-Id``), shared like the rest.
+
+    ``claim`` binds ``key`` to ``owner`` unless it is bound already, atomically, and returns
+    the owner it is bound to now: the first claimant keeps a session for its ``ttl_s``
+    (refreshed by each of its claims), so a second subject can never take it over.
+    Keys and owners are hashed before they are stored.
+    """
+
+    async def claim(self, key: str, owner: str, ttl_s: float) -> bool:
+        """True if ``key`` is (now) bound to ``owner``; False if another owner holds it."""
+        ...
+
+    async def owned_by(self, key: str, owner: str) -> bool | None:
+        """True/False when bound (to ``owner`` or not); None when ``key`` is unknown."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None:
+        """Forget ``key`` if ``owner`` holds it (session ended)."""
         ...
 
 
@@ -155,11 +181,16 @@ class State:
     backend: str = "memory"
 
     def __init__(
-        self, replay: ReplayCache, revocations: RevocationStore, limiter: RateLimiter
+        self,
+        replay: ReplayCache,
+        revocations: RevocationStore,
+        limiter: RateLimiter,
+        sessions: SessionBindings,
     ) -> None:
         self.replay = replay
         self.revocations = revocations
         self.limiter = limiter
+        self.sessions = sessions
 
     async def start(self) -> None:
         return None

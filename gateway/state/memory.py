@@ -17,6 +17,7 @@ import time
 from gateway.state import State, StateUnavailable
 from gateway.state.ratelimit import DEFAULT_MAX_BUCKETS, MemoryRateLimiter
 from gateway.state.revocation import DEFAULT_MAX_ENTRIES, MemoryRevocationStore
+from gateway.state.sessions import MemorySessionBindings
 
 
 class MemoryReplayCache:
@@ -60,4 +61,5 @@ class MemoryState(State):
             MemoryReplayCache(replay_entries),
             MemoryRevocationStore(revocation_entries),
             MemoryRateLimiter(buckets),
+            MemorySessionBindings(replay_entries),
         )

@@ -26,6 +26,7 @@ from gateway.state.redis.link import DEFAULT_MAX_CONNECTIONS, RedisLink
 from gateway.state.redis.ratelimit import RedisRateLimiter
 from gateway.state.redis.replay import RedisReplayCache
 from gateway.state.redis.revocation import DEFAULT_MAX_STALE_S, RedisRevocationStore
+from gateway.state.redis.sessions import RedisSessionBindings
 from gateway.state.revocation import DEFAULT_MAX_ENTRIES
 
 __all__ = [
@@ -65,7 +66,10 @@ class RedisState(State):
             max_entries=revocation_entries,
         )
         super().__init__(
-            RedisReplayCache(self.link, prefix), self.store, RedisRateLimiter(self.link, prefix)
+            RedisReplayCache(self.link, prefix),
+            self.store,
+            RedisRateLimiter(self.link, prefix),
+            RedisSessionBindings(self.link, prefix),
         )
 
     async def start(self) -> None:
