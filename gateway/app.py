@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ from gateway.observability.behavior import BehaviorStore, MemoryBehaviorStore
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import FACTS_KEY, Handler, Limits, Pipeline
+from gateway.protocols.a2a import sign_card
+from gateway.resource_metadata import metadata_endpoints
 from gateway.routing import RouteTable
 from gateway.settings.root import Settings
 from gateway.settings.server import TLSSettings
@@ -58,6 +60,7 @@ from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
 from gateway.tokens.endpoint import token_endpoints
 from gateway.tokens.issuer import TxnTokenIssuer
+from gateway.tokens.keys import KeyRing
 from gateway.tokens.kit import TokenKit
 from gateway.upstream.forward import Forwarder, route_budget
 
@@ -75,6 +78,16 @@ def _dev_keys(settings: Settings) -> DevKeys | None:
     from gateway.devtools.devissuer import public_jwks
 
     return public_jwks
+
+
+def _card_signer(keys: KeyRing) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """Signs a served A2A agent card with the gateway's active token key (its JWKS)."""
+
+    def sign(card: Mapping[str, Any]) -> dict[str, Any]:
+        key = keys.active
+        return sign_card(card, key.private_key, key.kid, alg=key.alg)
+
+    return sign
 
 
 class Runtime:
@@ -274,6 +287,8 @@ class Gateway:
             )
             # The PDP and access-token calls of POST /token read this Gateway's current runtime.
             endpoints = token_endpoints(runtime.tokens, self, FACTS_KEY, exchange_input)
+        for path, handler in metadata_endpoints(settings.routes, FACTS_KEY).items():
+            endpoints.setdefault(path, handler)
         return Pipeline(
             routes=RouteTable(settings.routes),
             forwarder=runtime.forwarder,
@@ -300,6 +315,10 @@ class Gateway:
             telemetry=settings.telemetry,
             trust_domain=server.trust_domain,
             genesis=Genesis(settings.agent_credentials) if settings.agent_credentials else None,
+            bearer_methods=frozenset(
+                name for name, method in settings.authn.items() if method.type == "bearer"
+            ),
+            card_signer=_card_signer(runtime.tokens.keys) if runtime.tokens else None,
         )
 
     def listeners(self) -> Sequence[Listener]:

@@ -100,6 +100,12 @@ class Reason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     OBLIGATION_INVALID = "obligation_invalid"
 
+    # JSON-RPC routes (kind mcp / a2a): the body, the session, the token's audience.
+    JSONRPC_INVALID = "jsonrpc_invalid"
+    SESSION_NOT_FOUND = "session_not_found"
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    RESPONSE_UNFILTERABLE = "response_unfilterable"  # a listing stream cut: cannot filter
+
     # Credential conversion for the upstream (gateway.credentials).
     CREDENTIAL_NOT_ALLOWED = "credential_not_allowed"
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"
@@ -156,6 +162,30 @@ class GatewayError(Exception):
         # The detail may name internal hosts; keep it out of reprs that could be
         # echoed somewhere by accident.
         return f"{type(self).__name__}(status={self.status}, reason={str(self.reason)!r})"
+
+
+class JSONRPCRefused(GatewayError):
+    """A refusal answered as a JSON-RPC 2.0 error document (``kind: mcp`` / ``a2a`` routes).
+
+    ``body`` is the whole response body (an error object, or an array of them for a batch),
+    built by :mod:`gateway.protocols.jsonrpc`; it holds only public text and decision ids.
+    """
+
+    status = 400
+    reason: str = Reason.JSONRPC_INVALID
+    public = "invalid JSON-RPC request"
+
+    def __init__(
+        self,
+        body: bytes,
+        detail: str = "",
+        *,
+        reason: str | None = None,
+        status: int | None = None,
+        decision_id: str | None = None,
+    ) -> None:
+        super().__init__(detail, reason=reason, status=status, decision_id=decision_id)
+        self.body = body
 
 
 class BadRequest(GatewayError):

@@ -12,13 +12,17 @@ either returns the value the next stage needs or raises a
     authenticate the route's AND/OR tree of methods        (gateway.authn)
     screen       revocation, an agent credential's route/segment/tool restrictions,
                  then subject/agent rate limits          (gateway.agents.caveats)
-    enrich       behaviour (later registry, MCP, workflow facts)  (gateway.enrich)
-    decide       the PDP, fail closed                      (gateway.authz)
+    jsonrpc      on ``kind: mcp`` / ``a2a`` routes: the token's audience (RFC 8707), the
+                 JSON-RPC body -> ``input.mcp`` / ``input.a2a``, the MCP session's owner
+                                                           (gateway.enrich.jsonrpc)
+    enrich       behaviour (later registry, workflow facts)  (gateway.enrich)
+    decide       the PDP, fail closed; once per JSON-RPC message (gateway.authz)
     obligations  the decision's rate limit                 (gateway.limits)
     (a route of ``kind: agent_credentials`` ends here: genesis of a root agent credential,
      the decision asked for ``action: credential.issue``  (gateway.agents.genesis))
     mint         the downscoped Txn-Token                  (gateway.tokens)
-    forward      convert the credential, stream to the upstream, no redirects followed
+    forward      convert the credential, stream to the upstream, no redirects followed;
+                 JSON-RPC routes filter listings and bind sessions on the way back
                                                            (gateway.credentials, gateway.upstream)
 
 Stages see an :class:`gateway.context.Inbound` (headers, query, the bounded body of
@@ -33,8 +37,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -48,7 +52,16 @@ from gateway.context import NO_ENRICHMENT, Decision, Enrichment, Identity, Inbou
 from gateway.credentials import ConvertContext, Outbound
 from gateway.credentials.manager import CredentialManager
 from gateway.enrich.behavior import BehaviorEnricher
+from gateway.enrich.jsonrpc import (
+    JSONRPCStage,
+    RPCCall,
+    check_audience,
+    listing_fact,
+    metadata_url,
+    resource_for,
+)
 from gateway.errors import (
+    BadGateway,
     BadRequest,
     Forbidden,
     GatewayError,
@@ -71,7 +84,9 @@ from gateway.state import State
 from gateway.state.revocation import Revoked, identifiers
 from gateway.upstream.forward import STREAM_CUT, Forwarder, is_websocket_upgrade
 from gateway.upstream.headers import forwarded_for, header_block_size, sanitize_request_headers
+from gateway.upstream.listing import AgentCardResponse, MCPResponse
 from gateway.upstream.paths import drop_query_params, normalize_path
+from gateway.upstream.rewrite import Rewrite
 
 log = logging.getLogger("agentgate.pipeline")
 
@@ -117,6 +132,8 @@ class Trail:
     trace_id: str | None = None
     span_id: str | None = None
     forwarded: bool = False
+    rpc: RPCCall | None = None
+    resource_metadata: str | None = None  # JSON-RPC routes: the RFC 9728 metadata URL
     status: int = 500
     reason: str = "internal_error"
 
@@ -168,6 +185,9 @@ class Trail:
             event["trace_id"] = self.trace_id
         if self.span_id is not None:
             event["span_id"] = self.span_id
+        if self.rpc is not None:
+            method, target = self.rpc.labels
+            event["rpc"] = {"protocol": self.rpc.protocol, "method": method, "target": target}
         return event
 
 
@@ -202,6 +222,8 @@ class Pipeline:
         telemetry: TelemetrySettings,
         trust_domain: str,
         genesis: Genesis | None = None,
+        bearer_methods: frozenset[str] = frozenset(),
+        card_signer: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.routes = routes
         self.forwarder = forwarder
@@ -223,6 +245,9 @@ class Pipeline:
         self.genesis = genesis
         self.limiter = LimitsStage(state.limiter, routes)
         self.enricher = BehaviorEnricher(behavior) if behavior is not None else None
+        self.jsonrpc = JSONRPCStage(state.sessions)
+        self.bearer_methods = bearer_methods  # authn methods of type bearer (audience binding)
+        self.card_signer = card_signer
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Bookkeeping around :meth:`serve`: request id, span, metrics, audit, behaviour."""
@@ -274,6 +299,8 @@ class Pipeline:
         route = self.routes.match(facts.method, facts.host, facts.path)
         trail.route = route.name
         span.set_route(route.name, route.settings.match.path_prefix)
+        if route.settings.jsonrpc is not None:
+            trail.resource_metadata = metadata_url(resource_for(route.settings, facts))
         if not route.settings.websocket and is_websocket_upgrade(request):
             # SECURITY: an upgrade reaches only routes built for it (Envoy answers 403 too).
             raise Forbidden(
@@ -281,22 +308,36 @@ class Pipeline:
                 reason="upgrade_not_allowed",
                 public="websocket upgrade not allowed on this route",
             )
-        inbound = self.inbound(request)
+        inbound = self.inbound(request, route)
         await self.limiter.before_authn(route, facts)
         identity = trail.identity = await self.authenticate(route, inbound, facts)
-        await self.screen(route, facts, identity)
+        rpc = trail.rpc = await self.read_jsonrpc(route, inbound, facts, identity, span)
+        await self.screen(route, facts, identity, rpc)
         enrichment = await self.enrich(facts, identity, trail)
         if route.settings.kind == "agent_credentials":
             return await self.issue_credential(route, inbound, facts, identity, enrichment, trail)
-        decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
+        if rpc is None:
+            decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
+        else:
+            decision = await self.decide_rpc(
+                route, inbound, facts, identity, enrichment, trail, rpc
+            )
         await self.limiter.obligations(route, facts, identity, obligation_limit(decision))
         txn_token = await self.mint(route, facts, identity, decision, trail)
-        response = await self.forward(request, inbound, facts, route, identity, decision, txn_token)
+        rewrite = self.rewrite(route, inbound, facts, identity, enrichment, rpc)
+        response = await self.forward(
+            request, inbound, facts, route, identity, decision, txn_token, rewrite
+        )
         trail.forwarded = True
+        ended = request.method == "DELETE" and 200 <= response.status < 300
+        if ended and rpc is not None and rpc.session is not None:  # the client ended it
+            await self.jsonrpc.release(route.settings, rpc.session, identity)
         return response
 
     def refuse(self, exc: GatewayError, trail: Trail) -> web.Response:
         trail.status, trail.reason = exc.status, exc.reason
+        if exc.status == 401 and trail.resource_metadata is not None:
+            exc.headers = self.resource_challenge(trail.resource_metadata, exc.headers)
         if exc.detail:
             log.info("request %s refused: %s (%s)", trail.request_id, exc.reason, exc.detail)
         if exc.status == 429:
@@ -388,9 +429,13 @@ class Pipeline:
             time_ns=time.time_ns(),
         )
 
-    def inbound(self, request: web.BaseRequest) -> Inbound:
+    def inbound(self, request: web.BaseRequest, route: CompiledRoute) -> Inbound:
         """The stages' view of the request; the body is read only if a stage asks for it."""
-        body = RequestBody(request, self.limits.max_body_bytes)
+        limit = self.limits.max_body_bytes
+        section = route.settings.jsonrpc
+        if section is not None:  # a JSON-RPC body is read whole: its own, smaller bound
+            limit = min(limit, section.max_body_bytes)
+        body = RequestBody(request, limit)
         return Inbound(request.method, request.raw_path, request.headers, request.query, body)
 
     async def authenticate(
@@ -407,15 +452,41 @@ class Pipeline:
         return identity
 
     async def screen(
-        self, route: CompiledRoute, facts: RequestFacts, identity: Identity | None
+        self,
+        route: CompiledRoute,
+        facts: RequestFacts,
+        identity: Identity | None,
+        rpc: RPCCall | None = None,
     ) -> None:
         """Revocation (every route, so a revoked certificate is refused even on public
-        routes), then the per-subject/per-agent rate limits. Neither reaches the PDP."""
+        routes), an agent credential's restrictions, the MCP session's owner, then the
+        per-subject/per-agent rate limits. None of it reaches the PDP."""
         kind = await self.state.revocations.check(**identifiers(facts, identity))
         if kind is not None:
             raise Revoked(kind)
-        caveats.check(identity, route.name, route.settings.segment)
+        tools = rpc.tools if rpc is not None and rpc.protocol == "mcp" else None
+        caveats.check(identity, route.name, route.settings.segment, tools)
+        if rpc is not None:
+            await self.jsonrpc.check_session(route.settings, rpc, identity)
         await self.limiter.after_authn(route, facts, identity)
+
+    async def read_jsonrpc(
+        self,
+        route: CompiledRoute,
+        inbound: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        span: ServerSpan,
+    ) -> RPCCall | None:
+        """``kind: mcp`` / ``a2a``: the token names this resource, then the body's facts."""
+        if route.settings.jsonrpc is None:
+            return None
+        check_audience(route.settings, facts, identity, self.bearer_methods)
+        with self.tracing.stage_span("jsonrpc", route=route.name):
+            rpc = await self.jsonrpc.read(route.settings, inbound)
+        method, target = rpc.labels
+        span.set_rpc(rpc.protocol, method, target)
+        return rpc
 
     async def issue_credential(
         self,
@@ -489,6 +560,146 @@ class Pipeline:
             raise denial(decision)
         return decision
 
+    async def decide_rpc(
+        self,
+        route: CompiledRoute,
+        request: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        enrichment: Enrichment,
+        trail: Trail,
+        rpc: RPCCall,
+    ) -> Decision | None:
+        """One decision per JSON-RPC message (a batch is all or nothing: it is forwarded
+        byte for byte). A denied request is answered with a JSON-RPC error carrying its
+        decision id; ``insufficient_scope`` and a denied notification stay HTTP 403."""
+        decisions: list[Decision] = []
+        denied: dict[int, tuple[str, str]] = {}
+        for index, fact in enumerate(rpc.facts):
+            extra: dict[str, object] = {rpc.protocol: fact}
+            target = fact.get("tool") or fact.get("skill")
+            try:
+                decision = await self.decide(
+                    route, request, facts, identity, enrichment, trail, extra
+                )
+            except GatewayError as exc:
+                if exc.decision_id is None:  # the PDP failed: fail closed, HTTP 503
+                    raise
+                self.metrics.jsonrpc_message(
+                    route.name, rpc.protocol, fact.get("method"), target, exc.reason
+                )
+                if exc.reason == "insufficient_scope" or (rpc.ids[index] is None and not rpc.batch):
+                    raise
+                denied[index] = (exc.decision_id, exc.reason)
+                continue
+            self.metrics.jsonrpc_message(
+                route.name, rpc.protocol, fact.get("method"), target, "allow"
+            )
+            if decision is not None:
+                decisions.append(decision)
+        if denied:
+            raise rpc.refusal(denied)
+        merged = _merge(decisions)
+        if merged is not None:
+            trail.decision = merged
+        return merged
+
+    def rewrite(
+        self,
+        route: CompiledRoute,
+        inbound: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        enrichment: Enrichment,
+        rpc: RPCCall | None,
+    ) -> Rewrite | None:
+        """The response rewrite of a JSON-RPC route: listings filtered, sessions bound, the
+        agent card filtered and signed (gateway.upstream.listing)."""
+        settings = route.settings
+        section = settings.jsonrpc
+        if rpc is None or section is None:
+            return None
+        filtering = section.filter_lists and self.pdp is not None
+        allowed = self._visible(route, inbound, facts, identity, enrichment, rpc)
+        if rpc.protocol == "a2a":
+            card = settings.a2a.agent_card if settings.a2a is not None else None
+            prefix = settings.match.path_prefix.rstrip("/")
+            if card is None or inbound.method != "GET" or facts.path != prefix + card.path:
+                return None
+            return AgentCardResponse(
+                allowed if filtering else _everything,
+                url=resource_for(settings, facts),
+                sign=self.card_signer if card.sign else None,
+                max_bytes=section.max_body_bytes,
+            )
+        listings = rpc.listings if filtering else {}
+        on_session: Callable[[str], Awaitable[None]] | None = None
+        if settings.mcp is not None and settings.mcp.session_binding:
+
+            async def on_session(session: str) -> None:
+                if session != rpc.session and not await self.jsonrpc.bind(
+                    settings, session, identity
+                ):
+                    # SECURITY: never hand a client a session another subject owns.
+                    raise BadGateway("upstream issued a session bound to another subject")
+
+        if not listings and on_session is None:
+            return None
+        return MCPResponse(
+            listings, allowed, on_session=on_session, max_bytes=section.max_body_bytes
+        )
+
+    def _visible(
+        self,
+        route: CompiledRoute,
+        request: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        enrichment: Enrichment,
+        rpc: RPCCall,
+    ) -> Callable[[Sequence[str]], Awaitable[list[str]]]:
+        """Which of the listed tools (skills) this caller may call: the PDP, asked per name
+        with that call's facts (``listing: true``), and an agent credential's tools."""
+
+        async def allowed(names: Sequence[str]) -> list[str]:
+            pdp, section = self.pdp, route.settings.jsonrpc
+            if pdp is None or section is None:
+                return list(names)
+            document = build_input(
+                facts,
+                route,
+                identity,
+                policy_headers(request.headers, route.settings.policy_headers),
+                query_params(facts.raw_query),
+                behavior=enrichment.behavior,
+            )
+            scopes = identity.principal.scopes if identity is not None and identity.scoped else None
+            kept = []
+            # SECURITY: past the bound, names are dropped, never shown unchecked.
+            for name in names[: section.max_list_entries]:
+                if rpc.protocol == "mcp" and not caveats.tool_allowed(identity, name):
+                    continue
+                document[rpc.protocol] = listing_fact(rpc, name)
+                decision = await pdp.decide(document, scopes)
+                if decision.allow:
+                    kept.append(name)
+            return kept
+
+        return allowed
+
+    @staticmethod
+    def resource_challenge(url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
+        """RFC 9728 §5.1: a 401 of a JSON-RPC route names its protected-resource metadata."""
+        challenge = headers.get("WWW-Authenticate")
+        if challenge is None:
+            value = f'Bearer resource_metadata="{url}"'
+        elif challenge.startswith("Bearer"):
+            sep = ", " if challenge != "Bearer" else " "
+            value = f'{challenge}{sep}resource_metadata="{url}"'
+        else:  # another scheme's challenge (AgentCredential, Basic): add a Bearer one too
+            value = f'{challenge}, Bearer resource_metadata="{url}"'
+        return {**headers, "WWW-Authenticate": value}
+
     async def mint(
         self,
         route: CompiledRoute,
@@ -518,6 +729,7 @@ class Pipeline:
         identity: Identity | None,
         decision: Decision | None,
         txn_token: str | None,
+        rewrite: Rewrite | None = None,
     ) -> web.StreamResponse:
         headers = self.upstream_headers(request, facts)
         if decision is not None:
@@ -559,6 +771,7 @@ class Pipeline:
                     response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
                     scrub_query=out.scrub_query,
                     buffered=inbound.body.buffered,
+                    rewrite=rewrite,
                 )
             except GatewayError as exc:
                 if exc.status in (502, 504):
@@ -606,6 +819,26 @@ def denial(decision: Decision) -> GatewayError:
         status=decision.status or 403,
         decision_id=decision.decision_id,
     )
+
+
+def _merge(decisions: Sequence[Decision]) -> Decision | None:
+    """The decisions of a batch's messages as one: scopes narrowed to what all allow."""
+    if len(decisions) <= 1:
+        return decisions[0] if decisions else None
+    first = decisions[0]
+    scopes = first.scopes
+    for decision in decisions[1:]:
+        if decision.scopes is not None:
+            scopes = (
+                decision.scopes
+                if scopes is None
+                else tuple(s for s in scopes if s in decision.scopes)
+            )
+    return replace(first, scopes=scopes)
+
+
+async def _everything(names: Sequence[str]) -> list[str]:
+    return list(names)
 
 
 def _scope_token(value: object) -> bool:

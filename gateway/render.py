@@ -14,7 +14,7 @@ from http import HTTPStatus
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, JSONRPCRefused
 
 REQUEST_ID = "X-Request-Id"
 PROBLEM_JSON = "application/problem+json"
@@ -53,6 +53,15 @@ def problem(
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    if isinstance(exc, JSONRPCRefused):
+        # A JSON-RPC client reads the error from the body (MCP, A2A); its id fields match
+        # the request's, so it is not a problem document.
+        return web.Response(
+            status=exc.status,
+            body=exc.body,
+            content_type="application/json",
+            headers={REQUEST_ID: request_id, "Cache-Control": "no-store"},
+        )
     return problem(
         exc.status,
         exc.reason,

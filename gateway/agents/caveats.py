@@ -4,25 +4,36 @@ Contract: :func:`check` takes the verified :class:`gateway.context.Identity` and
 route and raises a 401 ``invalid_token`` (reason ``agent_credential_restricted``) when the
 credential's chain restricts ``routes`` (route names), ``segments`` (route segments) or
 ``tools`` and this request is outside them; it returns ``None`` otherwise, and for every
-request without an agent credential. ``tool`` is the tool a request calls (MCP facts, later);
-a credential restricted to tools allows no request that calls none (an unknown caveat is
-false: SPECS.md §14.1). Pure: no I/O.
+request without an agent credential. ``tools`` are the MCP tools a request calls (a batch may
+call several), or ``None`` off MCP routes: there a credential restricted to tools allows no
+request at all (an unknown caveat is false: SPECS.md §14.1). On an MCP route a message that
+calls no tool (``initialize``, ``tools/list``) passes, and :func:`tool_allowed` hides the
+tools outside the restriction from ``tools/list``. Pure: no I/O.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from gateway.context import Identity
 from gateway.errors import invalid_token
 
 
-def check(identity: Identity | None, route: str, segment: str, tool: str | None = None) -> None:
+def check(
+    identity: Identity | None,
+    route: str,
+    segment: str,
+    tools: Sequence[str] | None = None,
+) -> None:
     if identity is None:
         return
     provenance = identity.principal.provenance
     if provenance is None:
         return
     limits = provenance.restrictions
-    for name, value in (("routes", route), ("segments", segment), ("tools", tool)):
+    checks: list[tuple[str, str | None]] = [("routes", route), ("segments", segment)]
+    checks += [("tools", None)] if tools is None else [("tools", tool) for tool in tools]
+    for name, value in checks:
         allowed = limits.get(name)
         if allowed is not None and (value is None or value not in allowed):
             raise invalid_token(
@@ -30,3 +41,12 @@ def check(identity: Identity | None, route: str, segment: str, tool: str | None 
                 scheme="AgentCredential",
                 reason="agent_credential_restricted",
             )
+
+
+def tool_allowed(identity: Identity | None, tool: str) -> bool:
+    """May this identity's agent credential call ``tool`` (True without a credential)?"""
+    provenance = identity.principal.provenance if identity is not None else None
+    if provenance is None:
+        return True
+    allowed = provenance.restrictions.get("tools")
+    return allowed is None or tool in allowed

@@ -45,6 +45,7 @@ Record schema, version 1: every key is always present, in this order; ``null`` w
 | `peer_spiffe_id` | string/null  | SPIFFE ID of the verified mTLS client certificate              |
 | `client_address` | string/null  | client address (after `forwarded.trusted_hops`)                |
 | `peer_address`   | string/null  | TCP peer address                                               |
+| `rpc`            | object       | `kind: mcp`/`a2a` only: `protocol`, `method`, `target`       |
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ class AuditInput(TypedDict, total=False):
     trace_id: str
     span_id: str
     agent: str
+    rpc: Mapping[str, str | None]  # JSON-RPC routes: protocol, method, tool / skill
     status: int
     reason: str
     latency_s: float
@@ -138,6 +140,8 @@ class AuditRecord:
         "client_address",
         "peer_address",
     )
+    # Present only on JSON-RPC routes (kind mcp / a2a): {"protocol", "method", "target"}.
+    OPTIONAL_FIELDS = ("rpc",)
 
     @staticmethod
     def build(event: AuditInput | Mapping[str, Any]) -> dict[str, Any]:
@@ -153,7 +157,7 @@ class AuditRecord:
         path = facts.path if facts is not None else event.get("path")
         principal = identity.principal if identity is not None else None
         peer = facts.peer if facts is not None else None
-        return {
+        record: dict[str, Any] = {
             "v": SCHEMA_VERSION,
             "ts": _ts(facts.time_ns if facts is not None else event.get("time_ns")),
             "request_id": event.get("request_id") or (facts.request_id if facts else None),
@@ -188,6 +192,10 @@ class AuditRecord:
             "client_address": facts.client_address if facts is not None else None,
             "peer_address": facts.peer_address if facts is not None else None,
         }
+        rpc = event.get("rpc")
+        if rpc is not None:
+            record["rpc"] = dict(rpc)
+        return record
 
 
 _STOP: Any = object()

@@ -113,6 +113,10 @@ TLS_HANDSHAKE_REASONS = (
 )
 
 
+# Distinct method and tool/skill label values per JSON-RPC route (they come from clients).
+MAX_RPC_TARGETS = 128
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -194,6 +198,13 @@ class Metrics:
             ("route",),
             registry=r,
         )
+        self.jsonrpc_requests = Counter(
+            "agentgate_jsonrpc_requests",
+            "JSON-RPC messages on kind mcp / a2a routes, by method, tool (or skill) and outcome.",
+            ("route", "protocol", "method", "target", "outcome"),
+            registry=r,
+        )
+        self._rpc_targets: dict[str, set[str]] = {}
         self.rate_limited_requests = Counter(
             "agentgate_rate_limited",
             "Requests refused with 429 by a route's rate limit.",
@@ -276,6 +287,22 @@ class Metrics:
 
     def jwks_refresh(self, issuer: str, ok: bool) -> None:
         self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()
+
+    def jsonrpc_message(
+        self, route: str, protocol: str, method: str | None, target: str | None, outcome: str
+    ) -> None:
+        """One decided JSON-RPC message. ``method`` and ``target`` come from clients: each
+        route keeps its first :data:`MAX_RPC_TARGETS` values, the rest count as ``other``."""
+        seen = self._rpc_targets.setdefault(route, set())
+        labels = []
+        for value in (method or "-", target or "-"):
+            if value not in seen:
+                if len(seen) >= MAX_RPC_TARGETS:
+                    value = "other"
+                else:
+                    seen.add(value)
+            labels.append(value)
+        self.jsonrpc_requests.labels(route, protocol, labels[0], labels[1], outcome).inc()
 
     def txn_token_minted(self, route: str) -> None:
         self.txn_tokens.labels(route).inc()

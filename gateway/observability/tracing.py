@@ -253,6 +253,19 @@ class ServerSpan:
         if self.recording:
             _annotate(self._span, subject, agent, decision_id, txn, decision, reason)
 
+    def set_rpc(self, protocol: str, method: str, target: str | None) -> None:
+        """A JSON-RPC route's method and tool (MCP) or skill (A2A), as OTel names them."""
+        if not self.recording:
+            return
+        self._span.set_attribute("rpc.system", "jsonrpc")
+        self._span.set_attribute("rpc.method", method)
+        if protocol == "mcp":
+            self._span.set_attribute("mcp.method.name", method)
+            if target is not None:
+                self._span.set_attribute("gen_ai.tool.name", target)
+        elif target is not None:
+            self._span.set_attribute("a2a.skill", target)
+
     def finish(self, status: int, *, reason: str | None = None) -> None:
         """Record the response status sent to the caller (call once, before the span ends)."""
         if not self.recording:

@@ -73,6 +73,13 @@ class Settings(Strict):
                 problems.append(f"routes.{i}: kind agent_credentials needs a pdp (fail closed)")
             if route.authn is None:
                 problems.append(f"routes.{i}: kind agent_credentials needs authn")
+        for i, route in enumerate(self.routes):
+            card = route.a2a.agent_card if route.a2a is not None else None
+            if card is not None and card.sign and self.txn_tokens is None:
+                problems.append(
+                    f"routes.{i}.a2a.agent_card.sign: needs txn_tokens (the card is signed with"
+                    " the gateway's token key)"
+                )
         issuer_names = {iss.name for iss in self.issuers}
         by_name = {iss.name: iss for iss in self.issuers}
         for name, method in self.authn.items():

@@ -70,11 +70,85 @@ class RouteTimeouts(Strict):
     max_s: float | None = Field(None, gt=0)  # stream/websocket routes: lifetime cap (None: none)
 
 
+_PROXIED = ("proxy", "mcp", "a2a")
+
+
+class JSONRPCRoute(Strict):
+    """``routes[].mcp`` / ``routes[].a2a``: how the gateway reads a JSON-RPC route's body.
+
+    ``arguments`` names, per tool (``"*"``: every tool), the argument keys the policy sees as
+    ``input.mcp.arguments``; nothing else of a call's arguments reaches the PDP or the logs.
+    ``resource`` is this route's RFC 8707 resource indicator and RFC 9728 ``resource``
+    (default ``<scheme>://<Host><path_prefix>`` of the request); with ``audience_binding`` a
+    bearer token must name it in ``aud``.
+    """
+
+    max_body_bytes: int = Field(1024 * 1024, ge=64, le=64 * 1024 * 1024)
+    max_batch: int = Field(64, ge=1, le=1024)
+    arguments: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    filter_lists: bool = True
+    session_binding: bool = True
+    session_ttl_s: int = Field(24 * 3600, ge=60, le=30 * 24 * 3600)
+    resource: str | None = None
+    resource_name: str | None = None
+    authorization_servers: tuple[str, ...] = ()
+    scopes_supported: tuple[str, ...] = ()
+    audience_binding: bool = True
+    max_list_entries: int = Field(256, ge=1, le=4096)  # tools/list entries the PDP is asked about
+
+    @field_validator("resource")
+    @classmethod
+    def _resource(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        # RFC 8707 §2: an absolute URI without a fragment; RFC 9728 §3 wants https.
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.fragment:
+            raise ValueError("must be an absolute http(s) URL without a fragment")
+        return value
+
+    @field_validator("authorization_servers")
+    @classmethod
+    def _servers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for server in value:
+            parts = urlsplit(server)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{server!r}: must be an absolute http(s) URL")
+        return value
+
+
+class AgentCard(Strict):
+    """``routes[].a2a.agent_card``: the A2A agent card the gateway serves for the route.
+
+    Fetched from the upstream at ``upstream_path``, its skills filtered by policy for each
+    caller, then signed (A2A v1.0 ``signatures``: a JWS over the RFC 8785 form) with the
+    gateway's token key.
+    """
+
+    path: str = "/.well-known/agent-card.json"
+    upstream_path: str = "/.well-known/agent-card.json"
+    sign: bool = True
+    public: bool = True  # served without authentication (skills the anonymous caller may use)
+
+    @field_validator("path", "upstream_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+
+class A2ARoute(JSONRPCRoute):
+    agent_card: AgentCard | None = AgentCard()
+
+
 class Route(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # ``proxy``: forwarded to ``upstream``. ``agent_credentials``: served by the gateway
     # (genesis of agent credentials, gateway.agents); no upstream.
-    kind: Literal["proxy", "agent_credentials"] = "proxy"
+    # ``mcp`` / ``a2a``: proxied like ``proxy``, with the JSON-RPC body read and checked
+    # (``input.mcp`` / ``input.a2a``), lists filtered and RFC 9728 metadata served.
+    kind: Literal["proxy", "agent_credentials", "mcp", "a2a"] = "proxy"
     match: RouteMatch = RouteMatch()
     authn: AuthnTree | None = None
     # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);
@@ -99,6 +173,8 @@ class Route(Strict):
     websocket: bool = False
     websocket_max_message_bytes: int = Field(1024 * 1024, ge=125, le=64 * 1024 * 1024)
     timeouts: RouteTimeouts = RouteTimeouts()
+    mcp: JSONRPCRoute | None = None  # kind mcp (default: JSONRPCRoute())
+    a2a: A2ARoute | None = None  # kind a2a (default: A2ARoute())
 
     @field_validator("upstream")
     @classmethod
@@ -117,17 +193,31 @@ class Route(Strict):
     def _served(cls, value: Any) -> Any:
         # A served route has no upstream; a proxy route without one keeps pydantic's
         # "required key is missing" error.
-        if isinstance(value, dict) and value.get("kind", "proxy") != "proxy":
+        if isinstance(value, dict) and value.get("kind", "proxy") not in _PROXIED:
             return {"upstream": "", **value}
+        if isinstance(value, dict) and value.get("kind") in ("mcp", "a2a"):
+            # JSON-RPC routes stream (Streamable HTTP, SSE): no total cap, idle_s bounds them.
+            value = {"stream": True, value["kind"]: {}, **value}
         return value
 
     @model_validator(mode="after")
     def _kind(self) -> Self:
-        if self.kind == "proxy" and not self.upstream:
+        if self.kind in _PROXIED and not self.upstream:
             raise ValueError("upstream is required")
-        if self.kind != "proxy" and (self.upstream or self.credential or self.credentials):
+        if self.kind not in _PROXIED and (self.upstream or self.credential or self.credentials):
             raise ValueError(f"a route of kind {self.kind} has no upstream or credentials")
+        if self.mcp is not None and self.kind != "mcp":
+            raise ValueError("mcp: only on a route of kind mcp")
+        if self.a2a is not None and self.kind != "a2a":
+            raise ValueError("a2a: only on a route of kind a2a")
+        if self.kind in ("mcp", "a2a") and self.websocket:
+            raise ValueError(f"a route of kind {self.kind} does not take websocket upgrades")
         return self
+
+    @property
+    def jsonrpc(self) -> JSONRPCRoute | None:
+        """The JSON-RPC section of an ``mcp`` or ``a2a`` route, else None."""
+        return self.mcp if self.mcp is not None else self.a2a
 
     @model_validator(mode="after")
     def _mtls_needs_https(self) -> Self:

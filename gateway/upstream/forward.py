@@ -37,7 +37,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -53,6 +53,7 @@ from gateway.settings.routes import Route
 from gateway.settings.server import Timeouts
 from gateway.upstream.headers import sanitize_response_headers
 from gateway.upstream.paths import drop_query_params
+from gateway.upstream.rewrite import Rewrite, RewriteFailed
 
 log = logging.getLogger("agentgate.forward")
 
@@ -196,9 +197,11 @@ class Forwarder:
         ssl_context: ssl.SSLContext | None = None,
         scrub_query: frozenset[str] = frozenset(),
         buffered: bytes | None = None,
+        rewrite: Rewrite | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream: ``buffered`` (the body a stage already read, see
-        :mod:`gateway.protocols.body`) or else the inbound stream, bounded."""
+        :mod:`gateway.protocols.body`) or else the inbound stream, bounded. ``rewrite`` may
+        replace the response body (:mod:`gateway.upstream.rewrite`)."""
         if self._session is None:
             raise RuntimeError("Forwarder.start() was not awaited")
         length = request.content_length
@@ -248,8 +251,22 @@ class Forwarder:
                 raise fault from None
             raise BadGateway(f"route {route}: {type(exc).__name__}") from None
         async with upstream:
+            mode = (
+                None if rewrite is None else await rewrite.head(upstream.status, upstream.headers)
+            )
+            if mode == "body" and rewrite is not None:
+                data = await self._read_whole(upstream, budget, started, rewrite.max_bytes)
+                return await self._send_whole(
+                    request, upstream, response_headers, await rewrite.body(data)
+                )
             return await self._relay(
-                request, upstream, response_headers, scrub_query, budget, started
+                request,
+                upstream,
+                response_headers,
+                scrub_query,
+                budget,
+                started,
+                rewrite if mode == "stream" else None,
             )
 
     async def websocket(
@@ -282,6 +299,57 @@ class Forwarder:
         """The route's time budget (the server defaults for a route without one)."""
         return self._budgets.get(route, self._default)
 
+    async def _send(self, response: web.StreamResponse, chunk: bytes) -> None:
+        if not chunk:
+            return
+        try:
+            async with asyncio.timeout(self._send_s):
+                await response.write(chunk)
+        except TimeoutError:
+            # SECURITY: a caller that stops reading holds an upstream connection
+            # and its buffers; nginx's send_timeout.
+            raise _Cut("client_send_timeout") from None
+
+    async def _read_whole(
+        self, upstream: aiohttp.ClientResponse, budget: Budget, started: float, limit: int
+    ) -> bytes:
+        """The whole response body for a ``"body"`` rewrite, within the route's clock."""
+        chunks: list[bytes] = []
+        size = 0
+        deadline = budget.deadline(started)
+        try:
+            while True:
+                wait = budget.idle_s
+                if deadline is not None:
+                    wait = max(0.0, min(wait, deadline[0] - time.monotonic()))
+                async with asyncio.timeout(wait):
+                    chunk = await upstream.content.readany()
+                if not chunk:
+                    return b"".join(chunks)
+                size += len(chunk)
+                if size > limit:
+                    # SECURITY: a body we must filter but cannot hold is not sent unfiltered.
+                    raise BadGateway(f"response body over {limit} bytes to rewrite")
+                chunks.append(chunk)
+        except TimeoutError:
+            raise GatewayTimeout("upstream timed out sending the body") from None
+        except aiohttp.ClientError as exc:
+            raise BadGateway(f"upstream body: {type(exc).__name__}") from None
+
+    async def _send_whole(
+        self,
+        request: web.BaseRequest,
+        upstream: aiohttp.ClientResponse,
+        extra: Mapping[str, str],
+        body: bytes,
+    ) -> web.StreamResponse:
+        headers = CIMultiDict(sanitize_response_headers(upstream.headers))
+        headers.popall("Content-Length", None)
+        headers.update(extra)
+        return web.Response(
+            status=upstream.status, reason=upstream.reason, body=body, headers=headers
+        )
+
     async def _relay(
         self,
         request: web.BaseRequest,
@@ -290,9 +358,12 @@ class Forwarder:
         scrub_query: frozenset[str],
         budget: Budget,
         started: float,
+        rewrite: Rewrite | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(sanitize_response_headers(upstream.headers))
+        if rewrite is not None:
+            response.headers.popall("Content-Length", None)  # the rewritten length differs
         for name in ("Location", "Content-Location") if scrub_query else ():
             values = response.headers.getall(name, ())
             if values:
@@ -316,13 +387,11 @@ class Forwarder:
                     raise _Cut(reason) from None
                 if not chunk:
                     break
-                try:
-                    async with asyncio.timeout(self._send_s):
-                        await response.write(chunk)
-                except TimeoutError:
-                    # SECURITY: a caller that stops reading holds an upstream connection
-                    # and its buffers; nginx's send_timeout.
-                    raise _Cut("client_send_timeout") from None
+                if rewrite is not None:
+                    chunk = await _rewritten(rewrite.feed(chunk))
+                await self._send(response, chunk)
+            if rewrite is not None:
+                await self._send(response, await _rewritten(rewrite.end()))
             await response.write_eof()
         except _Cut as cut:
             # The gateway's own clock ended it: abort, so the caller sees a broken body.
@@ -340,6 +409,15 @@ class Forwarder:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         return response
+
+
+async def _rewritten(step: Awaitable[bytes]) -> bytes:
+    try:
+        return await step
+    except RewriteFailed as exc:
+        raise _Cut(exc.reason) from None
+    except GatewayError as exc:  # the PDP behind a filter failed: cut, never pass unfiltered
+        raise _Cut(exc.reason) from None
 
 
 def _scrub_query(target: str, names: frozenset[str]) -> str:

@@ -51,7 +51,7 @@ from typing import Any
 import pytest
 
 from gateway import errors
-from gateway.errors import GatewayError, Reason
+from gateway.errors import GatewayError, JSONRPCRefused, Reason
 from gateway.observability.audit import AuditRecord
 from gateway.observability.metrics import Metrics
 from gateway.render import error_response
@@ -372,6 +372,7 @@ def test_a_private_helper_is_only_a_sink_in_its_own_module() -> None:
 # The default reason of every error class, as the error JSON, audit and metrics had it.
 _DEFAULTS = {
     "GatewayError": "internal_error",
+    "JSONRPCRefused": "jsonrpc_invalid",
     "BadRequest": "bad_request",
     "InvalidPath": "invalid_path",
     "NotFound": "no_route",
@@ -395,11 +396,26 @@ def _error_classes() -> list[type[GatewayError]]:
     ]
 
 
+def test_jsonrpc_refusal_renders_its_own_body() -> None:
+    # A JSON-RPC client reads the error from the body: no problem document around it.
+    body = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"invalid request"}}'
+    exc = JSONRPCRefused(body, "private detail")
+    assert exc.reason == Reason.JSONRPC_INVALID and exc.status == 400
+    assert repr(exc) == "JSONRPCRefused(status=400, reason='jsonrpc_invalid')"
+    response = error_response(exc, "rid")
+    assert response.body == body
+    assert response.content_type == "application/json"
+    assert response.headers["X-Request-Id"] == "rid"
+    assert b"private" not in response.body
+
+
 def test_every_error_class_is_in_the_defaults_table() -> None:
     assert sorted(c.__name__ for c in _error_classes()) == sorted(_DEFAULTS)
 
 
-@pytest.mark.parametrize("cls", _error_classes(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "cls", [c for c in _error_classes() if c is not JSONRPCRefused], ids=lambda c: c.__name__
+)
 def test_error_values_are_byte_identical(cls: type[GatewayError]) -> None:
     code = _DEFAULTS[cls.__name__]
     exc = cls("private detail")

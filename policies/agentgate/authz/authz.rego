@@ -2,15 +2,17 @@
 # title: agentgate authorization decision
 # description: |
 #   The one document the gateway queries (DESIGN.md §7): data.agentgate.authz.decision.
-#   Any deny reason from abac, behavior, provenance, rebac, segments or txn wins (the lexically first is
-#   reported); otherwise RBAC decides. An allow carries the scopes the RBAC grant confers,
-#   narrowed by the delegation chain; the gateway intersects them with the subject's own
-#   scopes.
+#   Any deny reason from abac, behavior, mcp, provenance, rebac, segments or txn wins (the
+#   lexically first is reported); then a tool (skill) whose scopes the subject does not all
+#   hold is insufficient_scope (agentgate.mcp); otherwise RBAC decides. An allow carries
+#   the scopes the RBAC grant confers, narrowed by the delegation chain; the gateway
+#   intersects them with the subject's own scopes.
 #   obligations.no_cache marks decisions that depend on the clock.
 package agentgate.authz
 
 import data.agentgate.abac
 import data.agentgate.behavior
+import data.agentgate.mcp
 import data.agentgate.provenance
 import data.agentgate.rbac
 import data.agentgate.rebac
@@ -30,6 +32,8 @@ decision := denied(min(deny_reasons)) if {
 } else := {"allow": true, "reason": "public", "scopes": [], "obligations": obligations} if {
 	public_route
 	not authenticated
+} else := tool_insufficient_scope if {
+	mcp.insufficient_scope
 } else := allowed if {
 	rbac.allow
 } else := insufficient_scope if {
@@ -80,6 +84,8 @@ deny_reasons contains reason if some reason in abac.deny
 
 deny_reasons contains reason if some reason in behavior.deny
 
+deny_reasons contains reason if some reason in mcp.deny
+
 deny_reasons contains reason if some reason in provenance.deny
 
 deny_reasons contains reason if some reason in rebac.deny
@@ -122,4 +128,11 @@ insufficient_scope := {
 	"reason": "rbac:insufficient_scope",
 	"status": 403,
 	"obligations": object.union(obligations, {"required_scopes": sort(rbac.required_scopes)}),
+}
+
+tool_insufficient_scope := {
+	"allow": false,
+	"reason": "mcp:insufficient_scope",
+	"status": 403,
+	"obligations": object.union(obligations, {"required_scopes": sort(mcp.required_scopes)}),
 }
