@@ -21,6 +21,12 @@ Contract:
 * :func:`mcp_client` is an SDK ``Client`` over the SDK's Streamable HTTP transport with the
   given headers (the bearer token), ``mode="legacy"`` (initialize handshake, Mcp-Session-Id)
   unless told otherwise.
+* :func:`travel_agent_app` builds the A2A v1.0 server (JSON-RPC at ``/a2a``, its card at
+  ``/.well-known/agent-card.json`` and ``/a2a/.well-known/agent-card.json``) with skills
+  ``search_flights``, ``book_flight`` and ``cancel_booking``. Its executor answers a message
+  with a task, one ``working`` status update per step (paced by a :class:`Pacer` like
+  ``slow_count``, when the message asks for ``steps``) and a ``completed`` update whose text
+  names the skill it was asked for (message metadata ``skill``).
 """
 
 from __future__ import annotations
@@ -34,10 +40,24 @@ from typing import Any
 
 import httpx2
 import uvicorn
+from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    TaskState,
+)
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -189,10 +209,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[Running]:
-    """Run ``app`` (wrapped in a :class:`Recorder`) under uvicorn on a free loopback port."""
+async def serve(app: ASGIApp, port: int | None = None) -> AsyncIterator[Running]:
+    """Run ``app`` (wrapped in a :class:`Recorder`) under uvicorn on ``port`` (default: free)."""
     recorder = Recorder(app)
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(
         recorder,
         host="127.0.0.1",
@@ -240,3 +260,73 @@ async def mcp_client(
         transport = streamable_http_client(url, http_client=http)
         async with Client(transport, mode=mode, cache=None, **options) as client:
             yield client
+
+
+# --------------------------------------------------------------------------- A2A
+
+SKILLS = {
+    "search_flights": "Find flights between two airports.",
+    "book_flight": "Book a flight found by search_flights.",
+    "cancel_booking": "Cancel a booking.",
+}
+
+
+class TravelAgent(AgentExecutor):
+    """Answers each message with a task: ``steps`` paced working updates, then completed."""
+
+    def __init__(self, pacer: Pacer) -> None:
+        self.pacer = pacer
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        message = context.message
+        assert message is not None
+        task = context.current_task or new_task_from_user_message(message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        metadata = dict(message.metadata.items())
+        skill = str(metadata.get("skill", "-"))
+        for step in range(1, int(metadata.get("steps", 0)) + 1):
+            text = new_text_message(f"step {step}", context_id=task.context_id, task_id=task.id)
+            await updater.update_status(TaskState.TASK_STATE_WORKING, text)
+            self.pacer.emitted = step
+            await self.pacer.wait(step)
+        await updater.complete(
+            new_text_message(f"done: {skill}", context_id=task.context_id, task_id=task.id)
+        )
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        raise NotImplementedError
+
+
+def travel_card(url: str) -> AgentCard:
+    """The card the A2A server itself serves (the gateway re-points, filters and signs it)."""
+    return AgentCard(
+        name="travel",
+        description="Books flights.",
+        version="1.0.0",
+        supported_interfaces=[
+            AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
+        ],
+        capabilities=AgentCapabilities(streaming=True),
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[
+            AgentSkill(id=name, name=name, description=text, tags=["travel"])
+            for name, text in SKILLS.items()
+        ],
+    )
+
+
+def travel_agent_app(url: str, pacer: Pacer) -> Any:
+    """The A2A server: JSON-RPC at ``/a2a``, the card at both well-known paths."""
+    card = travel_card(url)
+    handler = DefaultRequestHandler(
+        agent_executor=TravelAgent(pacer), task_store=InMemoryTaskStore(), agent_card=card
+    )
+    routes = [
+        *create_agent_card_routes(card),
+        *create_agent_card_routes(card, card_url="/a2a/.well-known/agent-card.json"),
+        *create_jsonrpc_routes(handler, "/a2a"),
+    ]
+    return Starlette(routes=routes)

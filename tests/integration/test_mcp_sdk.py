@@ -9,8 +9,9 @@ a foreign ``Mcp-Session-Id``) with raw aiohttp. The upstream records every reque
 (method, headers, exact body), so "the upstream never saw it" and "byte for byte" are facts,
 not inferences.
 
-Policy: :func:`policy_dir` is the one place that decides which Rego runs; the data is in the
-shape of the shipped ``agentgate.mcp`` package (``data.mcp.routes[<route>].tools[<tool>]``).
+Policy: the shipped Rego (``agentgate.authz`` folding in ``agentgate.mcp``) with this
+module's tools (``data.mcp.routes[<route>].tools[<tool>]``), read-only subjects and RBAC roles;
+:func:`policy_dir` is the one place that decides it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ SCOPES_SUPPORTED = ["mcp.tools", "accounts.read", "payments.write", "accounts.ad
 TRANSFER_LIMIT = 1000
 IDLE_S = 1.0
 JSONRPC_FORBIDDEN = -32001
+HANDSHAKE = "2025-11-25"  # the session-based revision the SDK's legacy mode speaks
+MODERN = "2026-07-28"  # the stateless revision its auto mode negotiates
 
 # Who holds what. alice may read and pay, not delete; root may do everything; reader holds
 # every scope but is a read-only subject, so the policy (not a scope) stops its writes.
@@ -86,68 +89,40 @@ TOOLS: dict[str, Any] = {
         for name in (ROUTE, STATELESS_ROUTE)
     }
 }
-MCP_DATA: dict[str, Any] = {"mcp": TOOLS}
-
-# Until policies/agentgate/mcp/mcp.rego lands: the same contract over the same data, so that
-# only :func:`policy_dir` changes when it does. Requests that name no tool (initialize,
-# notifications, the GET stream, DELETE) need an authenticated subject only.
-INTERIM_POLICY = """
-package agentgate.authz
-
-default decision := {"allow": false, "reason": "mcp:denied", "status": 403}
-
-route := data.mcp.routes[input.route.name]
-
-tool := route.tools[input.mcp.tool]
-
-missing contains s if {
-	some s in tool.scopes
-	not s in input.subject.scopes
+# The A2A route of test_a2a_sdk.py (data.a2a.routes[<route>].skills[<id>]).
+SKILL_DATA: dict[str, Any] = {
+    "routes": {
+        "agents": {
+            "skills": {
+                "search_flights": {"scopes": ["a2a.travel"]},
+                "book_flight": {"scopes": ["a2a.travel", "payments.write"]},
+                "cancel_booking": {"scopes": ["a2a.travel", "bookings.admin"]},
+            }
+        }
+    }
 }
-
-over_limit contains name if {
-	some name, rule in tool.arguments
-	input.mcp.arguments[name] > rule.max
+# The shipped RBAC must let these callers reach the routes at all; the tool rules decide.
+CLIENT_PATHS = ["/mcp", "/mcp/**", "/stateless/**", "/a2a", "/a2a/**"]
+RBAC_DATA: dict[str, Any] = {
+    "roles": {"mcp-client": [{"methods": ["*"], "paths": CLIENT_PATHS, "scopes": []}]},
+    "subjects": {sub: ["mcp-client"] for sub in ("alice", "root", "reader", "viewer")},
 }
-
-read_only_violation if {
-	input.subject.id in route.read_only_subjects
-	not tool.read_only
-}
-
-decision := {"allow": true, "reason": "mcp:session", "scopes": input.subject.scopes} if {
-	input.subject.id
-	not input.mcp.tool
-} else := {
-	"allow": false, "reason": "mcp:insufficient_scope", "status": 403,
-	"obligations": {"required_scopes": sort(tool.scopes)},
-} if {
-	count(missing) > 0
-} else := {"allow": false, "reason": "mcp:read_only", "status": 403} if {
-	read_only_violation
-} else := {"allow": false, "reason": "mcp:argument_limit", "status": 403} if {
-	count(over_limit) > 0
-} else := {"allow": true, "reason": "mcp:tool", "scopes": tool.scopes} if {
-	tool
-}
-"""
-
-SHIPPED_MCP_POLICY = ROOT / "policies" / "agentgate" / "mcp" / "mcp.rego"
+TEST_DATA: dict[str, Any] = {"mcp": TOOLS, "a2a": SKILL_DATA, "rbac": RBAC_DATA}
+# Routes in the "public" segment: the shipped segments data lets external callers reach it.
+SEGMENT = "public"
 
 
 def policy_dir(tmp_path: Path) -> tuple[Path, Path]:
-    """(policies folder, data file) for the PDP: the shipped Rego once it has the MCP package."""
+    """(policies folder, data file) for the PDP: the shipped Rego (agentgate.authz with its
+    agentgate.mcp package) over the shipped data plus this module's tools, skills and roles.
+
+    The one place that decides which policy the MCP and A2A SDK tests run against.
+    """
     policies = tmp_path / "policies"
-    data: dict[str, Any] = dict(MCP_DATA)
-    if SHIPPED_MCP_POLICY.exists():
-        shutil.copytree(ROOT / "policies" / "agentgate", policies / "agentgate")
-        shipped = json.loads((ROOT / "policies" / "data.json").read_text("utf-8"))
-        data = {**shipped, **MCP_DATA}
-    else:
-        policies.mkdir()
-        (policies / "authz.rego").write_text(INTERIM_POLICY)
+    shutil.copytree(ROOT / "policies" / "agentgate", policies / "agentgate")
+    shipped = json.loads((ROOT / "policies" / "data.json").read_text("utf-8"))
     data_file = tmp_path / "data.json"
-    data_file.write_text(json.dumps(data))
+    data_file.write_text(json.dumps(merge(shipped, TEST_DATA)))
     return policies, data_file
 
 
@@ -208,6 +183,7 @@ def gateway_config(tmp_path: Path, stateful: Running, stateless: Running) -> dic
             "match": {"path_prefix": prefix},
             "upstream": upstream.url,
             "authn": "bearer",
+            "segment": SEGMENT,
             "credential": {"type": "api_key", "secret": "env:T17_UPSTREAM_KEY"},
             "timeouts": {"idle_s": IDLE_S},
         }
@@ -360,6 +336,36 @@ async def test_tools_list_is_filtered_per_caller(
         tools = await client.list_tools()
     assert sorted(t.name for t in tools.tools) == visible
     assert world.stateful.recorder.bodies(b'"tools/list"'), "the list came from the upstream"
+
+
+@pytest.mark.parametrize(
+    ("path", "audience", "mode"),
+    [
+        ("/stateless/mcp", STATELESS_RESOURCE, "legacy"),
+        ("/stateless/mcp", STATELESS_RESOURCE, "auto"),
+        ("/mcp", RESOURCE, "auto"),
+    ],
+    ids=["stateless-handshake", "stateless-modern-probe", "stateful-modern-probe"],
+)
+async def test_other_transports_and_revisions(
+    world: World, path: str, audience: str, mode: str
+) -> None:
+    """The stateless JSON server, and the SDK's 2026-07-28 negotiation (server/discover first,
+    handshake as the fallback): the same filtering, the same denial."""
+    async with mcp_client(
+        world.base + path, world.bearer(ALICE, audience=audience), mode=mode
+    ) as client:
+        assert client.protocol_version == (HANDSHAKE if mode == "legacy" else MODERN)
+        tools = await client.list_tools()
+        balance = await client.call_tool("get_balance", {"account": "a1"})
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool(
+                "transfer_funds", {"account": "a1", "amount": 10**6, "currency": "EUR"}
+            )
+    assert sorted(t.name for t in tools.tools) == ["get_balance", "slow_count", "transfer_funds"]
+    assert balance.structured_content == {"account": "a1", "balance": 1234, "currency": "EUR"}
+    assert denied.value.code == JSONRPC_FORBIDDEN
+    assert denied.value.data.get("decision_id"), denied.value.data
 
 
 # --------------------------------------------------------------------------- 2./3. tools/call
