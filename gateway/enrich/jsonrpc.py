@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.context import Identity, Inbound, RequestFacts
-from gateway.errors import JSONRPCRefused, NotFound, invalid_token
+from gateway.errors import Forbidden, GatewayError, JSONRPCRefused, NotFound, invalid_token
 from gateway.protocols import a2a, jsonrpc, mcp
 from gateway.settings.routes import JSONRPCRoute, Route
 from gateway.state import SessionBindings
@@ -71,9 +71,10 @@ class RPCCall:
         errors: Mapping[int, tuple[str, str]],
         *,
         others: str = "batch refused: another message was denied",
-    ) -> JSONRPCRefused:
+    ) -> GatewayError:
         """HTTP 200 with a JSON-RPC error per request message; ``errors`` maps a fact's index
-        to (decision id, public reason); the batch's other requests get ``others``."""
+        to (decision id, public reason); the batch's other requests get ``others``. A batch of
+        notifications only has nobody to answer in JSON-RPC: HTTP 403."""
         objects = []
         for index, message_id in enumerate(self.ids):
             if message_id is None:
@@ -87,6 +88,8 @@ class RPCCall:
             else:
                 objects.append(jsonrpc.error_object(message_id, FORBIDDEN_CODE, others))
         first = next(iter(errors.values()))[0] if errors else None
+        if not objects:
+            return Forbidden("policy denied JSON-RPC notifications", decision_id=first)
         return JSONRPCRefused(
             jsonrpc.error_body(objects, self.batch),
             "policy denied a JSON-RPC message",
@@ -169,7 +172,7 @@ class JSONRPCStage:
         except jsonrpc.InvalidJSONRPC as exc:
             error = jsonrpc.error_object(exc.id, exc.code, exc.message)
             raise JSONRPCRefused(
-                jsonrpc.error_body([error], False), f"JSON-RPC {exc.code}: {exc.message}"
+                jsonrpc.error_body([error], exc.batch), f"JSON-RPC {exc.code}: {exc.message}"
             ) from None
 
     async def check_session(

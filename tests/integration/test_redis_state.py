@@ -446,3 +446,41 @@ async def test_admin_api_auth_on_redis_store(
     resp = await client.delete("/admin/revocations/subject/mallory", headers=AUTH)
     assert resp.status == 204
     assert await b.revocations.list() == []
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+async def test_session_binding_shared_and_atomic_across_instances(
+    make_state: StateMaker, redis_server: RedisServer
+) -> None:
+    a, b = await make_state(), await make_state()
+    results = await asyncio.gather(
+        *(
+            (a if i % 2 else b).sessions.claim("mcp-session-1", f"subject-{i}", 60)
+            for i in range(40)
+        )
+    )
+    assert results.count(True) == 1
+    winner = f"subject-{results.index(True)}"
+    assert await b.sessions.owned_by("mcp-session-1", winner) is True
+    assert await a.sessions.owned_by("mcp-session-1", "subject-x") is False
+    assert await a.sessions.owned_by("other", winner) is None
+    assert await a.sessions.claim("mcp-session-1", winner, 60) is True  # the owner refreshes
+    await b.sessions.release("mcp-session-1", "subject-x")  # not the owner: kept
+    assert await a.sessions.owned_by("mcp-session-1", winner) is True
+    client = await raw_client(redis_server)
+    keys = [k.decode() for k in await client.keys("*ss:*")]
+    values = [await client.get(k) for k in keys]
+    await client.aclose()
+    assert len(keys) == 1 and "mcp-session" not in keys[0]
+    assert winner.encode() not in values[0]  # the owner is hashed too
+    await a.sessions.release("mcp-session-1", winner)
+    assert await b.sessions.owned_by("mcp-session-1", winner) is None
+
+
+async def test_session_binding_expires(make_state: StateMaker) -> None:
+    state = await make_state()
+    await state.sessions.claim("s", "alice", 0.2)
+    await asyncio.sleep(0.35)
+    assert await state.sessions.owned_by("s", "alice") is None
