@@ -308,9 +308,10 @@ async def test_streamed_events_arrive_one_by_one(world: World) -> None:
     ]
 
 
-async def test_denied_skill_never_reaches_the_agent(world: World) -> None:
+@pytest.mark.parametrize("streaming", [False, True], ids=["SendMessage", "SendStreamingMessage"])
+async def test_denied_skill_never_reaches_the_agent(world: World, streaming: bool) -> None:
     sent: list[bytes] = []
-    async with sdk_client(world, ALICE, streaming=False, sent=sent) as client:
+    async with sdk_client(world, ALICE, streaming=streaming, sent=sent) as client:
         with pytest.raises(A2AError) as denied:
             _ = [e async for e in client.send_message(message(UNKNOWN_SKILL))]
     assert "forbidden by policy" in str(denied.value)

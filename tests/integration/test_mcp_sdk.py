@@ -61,6 +61,7 @@ ROUTE_KIND = "mcp"  # "proxy": the plain route of before issue 17 (step 1 of the
 SCOPES_SUPPORTED = ["mcp.tools", "accounts.read", "payments.write", "accounts.admin"]
 TRANSFER_LIMIT = 1000
 IDLE_S = 1.0
+MAX_BODY_BYTES = 64 * 1024
 JSONRPC_FORBIDDEN = -32001
 HANDSHAKE = "2025-11-25"  # the session-based revision the SDK's legacy mode speaks
 MODERN = "2026-07-28"  # the stateless revision its auto mode negotiates
@@ -166,7 +167,7 @@ class World:
 def gateway_config(tmp_path: Path, stateful: Running, stateless: Running) -> dict[str, Any]:
     policies, data = policy_dir(tmp_path)
     jsonrpc = {
-        "max_body_bytes": 1048576,
+        "max_body_bytes": MAX_BODY_BYTES,
         "arguments": {"transfer_funds": ["amount", "currency"]},
         "filter_lists": True,
         "session_binding": True,
@@ -468,6 +469,52 @@ async def test_sdk_request_bytes_reach_the_upstream_unchanged(world: World) -> N
     client_bodies = [b for b in sent if b"transfer_funds" in b]
     assert len(client_bodies) == 1
     assert world.stateful.recorder.bodies(b"transfer_funds") == client_bodies
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", -32700),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","id":2}', -32700),  # duplicate member
+        (b"[]", -32600),
+        (b'"tools/list"', -32600),
+        (b'{"jsonrpc":"1.0","id":1,"method":"tools/list"}', -32600),
+        (b'{"jsonrpc":"2.0","id":1}', -32600),
+        (b'{"jsonrpc":"2.0","id":true,"method":"tools/list"}', -32600),
+        (b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":2}]', -32600),
+    ],
+    ids=[
+        "not-json",
+        "duplicate-member",
+        "empty-batch",
+        "not-an-object",
+        "wrong-version",
+        "no-method",
+        "boolean-id",
+        "batch-with-one-bad",
+    ],
+)
+async def test_invalid_jsonrpc_is_a_jsonrpc_error_never_forwarded(
+    world: World, body: bytes, code: int
+) -> None:
+    headers = world.bearer(ALICE, audience=STATELESS_RESOURCE)
+    status, resp_headers, raw = await world.post("/stateless/mcp", body, headers)
+    assert status == 400, raw[:300]
+    assert resp_headers["Content-Type"].startswith("application/json"), dict(resp_headers)
+    doc = json.loads(raw)
+    errors = doc if isinstance(doc, list) else [doc]
+    assert errors, raw
+    assert all(e["jsonrpc"] == "2.0" and e["error"]["code"] == code for e in errors), doc
+    assert world.stateless.recorder.seen == []
+
+
+async def test_body_over_the_route_limit_is_413_never_forwarded(world: World) -> None:
+    padding = "x" * (MAX_BODY_BYTES + 1)
+    body = call(5, "get_balance", account=padding)
+    headers = world.bearer(ALICE, audience=STATELESS_RESOURCE)
+    status, _, raw = await world.post("/stateless/mcp", body, headers)
+    assert status == 413, raw[:300]
+    assert world.stateless.recorder.seen == []
 
 
 # --------------------------------------------------------------------------- 4.-6. OAuth
