@@ -254,6 +254,15 @@ async def test_card_is_filtered_signed_and_points_at_the_gateway(
     assert len(card.signatures) == 1
 
 
+async def test_public_card_for_an_anonymous_caller(world: World) -> None:
+    """``agent_card.public`` (the default): served without a token, with the skills an
+    anonymous caller may use (none here: every skill needs a scope), still signed."""
+    card = await fetch_card(world, None)
+    assert [s.id for s in card.skills] == []
+    assert [i.url for i in card.supported_interfaces] == [world.url]
+    assert len(card.signatures) == 1
+
+
 async def test_tampered_card_fails_the_sdk_verifier(world: World) -> None:
     async with world.http.get(world.url + CARD_PATH, headers=world.bearer(ALICE)) as resp:
         assert resp.status == 200, await resp.text()
