@@ -76,6 +76,8 @@ IDP_ISSUER = "https://idp.example.org"
 API_AUDIENCE = "https://gateway.example.org"
 TXN_ISSUER = "https://gateway.example.org"
 BILLING_HEADER = "X-Billing-Key"
+MCP_RESOURCE = "https://gateway.example.org/tools"  # the MCP route's RFC 8707 resource
+MCP_TOOLS = ("get_fare", "book_flight", "cancel_all")
 
 _INDENT = "   "
 
@@ -236,6 +238,8 @@ class Backend:
             await self._check_txn_token(tokens[0], seen)
         if self.kind == "legacy":
             return self._legacy(request, seen)
+        if self.kind == "mcp":
+            return self._mcp(await request.read())
         hop = self.next_hops.get(request.raw_path)
         if hop is not None and tokens:
             seen.next_hop = await self._call_next(
@@ -258,6 +262,32 @@ class Backend:
             f"/.well-known/jwks.json (typ {header.get('typ')}, "
             f"kid {str(header.get('kid'))[:10]}...)"
         )
+
+    def _mcp(self, body: bytes) -> web.Response:
+        """A minimal MCP server (Streamable HTTP, JSON responses): three travel tools."""
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return web.json_response({"error": "not JSON"}, status=400)
+        method, rid = message.get("method"), message.get("id")
+        if method == "initialize":
+            result: dict[str, Any] = {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {"tools": {}},
+                "serverInfo": {"name": "demo-travel-tools", "version": "1"},
+            }
+            response = web.json_response({"jsonrpc": "2.0", "id": rid, "result": result})
+            response.headers["Mcp-Session-Id"] = secrets.token_urlsafe(16)
+            return response
+        if method == "tools/list":
+            tools = [{"name": n, "inputSchema": {"type": "object"}} for n in MCP_TOOLS]
+            result = {"tools": tools}
+        elif method == "tools/call":
+            name = message.get("params", {}).get("name")
+            result = {"content": [{"type": "text", "text": f"{name}: done"}]}
+        else:
+            result = {}
+        return web.json_response({"jsonrpc": "2.0", "id": rid, "result": result})
 
     def _legacy(self, request: web.Request, seen: Seen) -> web.Response:
         """A legacy system: an API key in a header, compared in constant time."""
@@ -343,13 +373,14 @@ class DevIssuer:
         bind_to: Path | None = None,
         lifetime_s: int = 300,
         issued_at: int | None = None,
+        audience: str | list[str] = API_AUDIENCE,
     ) -> tuple[str, dict[str, Any]]:
         """An RFC 9068 access token (``typ: at+jwt``) and its claims."""
         now = int(time.time()) if issued_at is None else issued_at
         claims: dict[str, Any] = {
             "iss": IDP_ISSUER,
             "sub": sub,
-            "aud": API_AUDIENCE,
+            "aud": audience,
             "client_id": client_id,
             "scope": scope,
             "iat": now,
@@ -403,6 +434,18 @@ def demo_data(shipped: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     notes.append("+ alice's delegation to agent travel covers route agent-credentials (genesis)")
     data["delegations"][TRAVEL][FARE_CHECKER] = {"routes": ["flights"], "scopes": ["flights.read"]}
     notes.append("+ agent travel may hand on to its sub-agent fare-checker on route flights")
+    data["rbac"]["roles"]["traveller"].append(
+        {"methods": ["GET", "POST", "DELETE"], "paths": ["/tools", "/tools/**"],
+         "scopes": ["flights.read"]}
+    )  # fmt: skip
+    data["delegations"]["alice"][TRAVEL]["routes"].append("tools")
+    data.setdefault("mcp", {"routes": {}})["routes"]["tools"] = {
+        "tools": {
+            "get_fare": {"scopes": ["flights.read"], "read_only": True},
+            "book_flight": {"scopes": ["flights.book"], "arguments": {"price": {"max": 1000}}},
+        }
+    }
+    notes.append("+ MCP route tools: get_fare, book_flight (price <= 1000); cancel_all unlisted")
     internal = data["abac"]["routes"].get("internal", {})
     if internal.pop("hours_utc", None) is not None:
         notes.append("- route internal: no UTC hour window (the tour must not depend on the clock)")
@@ -544,6 +587,21 @@ def _config(world: World) -> dict[str, Any]:
                 },
             },
             {
+                # An MCP server: policy per tool, tools/list filtered (agentgate.mcp).
+                "name": "tools",
+                "kind": "mcp",
+                "match": {"path_prefix": "/tools"},
+                "authn": {"all_of": ["mtls", "bearer"]},
+                "upstream": backends["tools"].url,
+                "segment": "booking",
+                "mcp": {
+                    "resource": MCP_RESOURCE,
+                    "arguments": {"book_flight": ["price"]},
+                    "authorization_servers": [IDP_ISSUER],
+                    "scopes_supported": ["flights.read", "flights.book"],
+                },
+            },
+            {
                 "name": "internal",
                 "match": {"path_prefix": "/internal/"},
                 "authn": {"all_of": ["mtls", "txn_token"]},
@@ -595,6 +653,7 @@ def prepare(workdir: Path) -> World:
             "flights": Backend("flights", "modern"),
             "billing": Backend("billing", "legacy", api_key=api_key.encode()),
             "booking": Backend("booking", "internal"),
+            "tools": Backend("tools", "mcp"),
         },
     )
 
@@ -892,6 +951,58 @@ async def step_subagent(world: World) -> None:
     world.expect(header_only.status == 401, "an unsigned agent credential was accepted")
 
 
+def _rpc(method: str, rid: int, **params: Any) -> str:
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
+    if params:
+        message["params"] = params
+    return json.dumps(message)
+
+
+async def step_mcp(world: World) -> None:
+    _heading("4c. Agent 'travel' uses an MCP server: tools filtered and decided one by one")
+    travel = world.pki.agents["travel"]
+    token, _ = world.idp.access_token(
+        "alice",
+        "travel-agent",
+        "flights.read flights.book",
+        act=TRAVEL,
+        bind_to=travel.cert,
+        audience=[API_AUDIENCE, MCP_RESOURCE],  # RFC 8707: the token names the MCP server
+    )
+    headers = {**_bearer(token), "Content-Type": "application/json"}
+    init = await call(world, "travel", "POST", "/tools", headers=headers, body=_rpc(
+        "initialize", 1, protocolVersion="2025-06-18", capabilities={},
+        clientInfo={"name": "demo", "version": "1"}))  # fmt: skip
+    world.expect(init.status == 200, f"initialize answered {init.status}, not 200")
+    session = init.headers.get("Mcp-Session-Id", "")
+    headers["Mcp-Session-Id"] = session
+    listing = await call(world, "travel", "POST", "/tools", headers=headers,
+                         body=_rpc("tools/list", 2))  # fmt: skip
+    shown = [t.get("name") for t in listing.json().get("result", {}).get("tools", [])]
+    _say(f"{_INDENT}the MCP server offers {list(MCP_TOOLS)}; the agent is shown {shown}")
+    world.expect(shown == ["get_fare", "book_flight"], f"tools/list not filtered: {shown}")
+    allowed = await call(world, "travel", "POST", "/tools", headers=headers, body=_rpc(
+        "tools/call", 3, name="get_fare", arguments={"flight": "42"}))  # fmt: skip
+    world.expect("result" in allowed.json(), "tools/call get_fare was not allowed")
+    _say(f"{_INDENT}get_fare -> {json.dumps(allowed.json().get('result'))}")
+    expensive = {"flight": "42", "price": 5000}
+    denied = await call(world, "travel", "POST", "/tools", headers=headers, body=_rpc(
+        "tools/call", 4, name="book_flight", arguments=expensive))  # fmt: skip
+    error = denied.json().get("error", {})
+    _say(f"{_INDENT}book_flight with price 5000 -> JSON-RPC error {json.dumps(error)}")
+    world.expect(
+        error.get("code") == -32001 and bool(error.get("data", {}).get("decision_id")),
+        "tools/call book_flight over the price limit was not denied with a decision id",
+    )
+    seen = world.backends["tools"].seen
+    world.expect(denied.request_id not in seen, "the denied tool call reached the MCP server")
+    stolen = {**_bearer(token), "Content-Type": "application/json", "Mcp-Session-Id": "guess"}
+    guessed = await call(world, "travel", "POST", "/tools", headers=stolen,
+                         body=_rpc("tools/list", 5))  # fmt: skip
+    _say(f"{_INDENT}a session id the gateway never saw issued: {guessed.status}")
+    world.expect(guessed.status == 404, "an unknown MCP session id was accepted")
+
+
 async def step_billing(world: World) -> None:
     _heading("4. Legacy billing: agent 'billing' reaches /billing/invoices")
     billing = world.pki.agents["billing"]
@@ -1107,6 +1218,7 @@ async def run_demo(workdir: Path) -> int:
         second = await step_second_hop(world, first, txn1)
         await step_billing(world)
         await step_subagent(world)
+        await step_mcp(world)
         await step_denials(world)
         await step_reload(world)
         await step_observability(world, first, second)

@@ -152,6 +152,21 @@ def test_legacy_billing_gets_the_key_the_agent_never_held(demo: Run) -> None:
     assert "authorization: (absent)" in received
 
 
+def test_mcp_tools_filtered_allowed_and_denied(demo: Run) -> None:
+    match = re.search(r"^== 4c\. .*?(?=^== |\Z)", demo.stdout, re.M | re.S)
+    assert match is not None, demo.stdout
+    step = match.group(0)
+    assert "the agent is shown ['get_fare', 'book_flight']" in step  # cancel_all hidden
+    assert 'get_fare -> {"content": [{"type": "text", "text": "get_fare: done"}]}' in step
+    assert re.search(
+        r'book_flight with price 5000 -> JSON-RPC error \{"code": -32001, '
+        r'"message": "forbidden by policy", "data": \{"decision_id": "[0-9a-f-]{36}"',
+        step,
+    ), step
+    assert "a session id the gateway never saw issued: 404" in step
+    assert "!! unexpected" not in step
+
+
 def test_denials(demo: Run) -> None:
     step = demo.section(5)
     parts = dict(re.findall(r"^-- (.*?)\n(.*?)(?=^-- |\Z)", step, re.M | re.S))
