@@ -310,7 +310,15 @@ class Pipeline:
             )
         inbound = self.inbound(request, route)
         await self.limiter.before_authn(route, facts)
-        identity = trail.identity = await self.authenticate(route, inbound, facts)
+        public_card = self.public_card(route, facts)
+        try:
+            identity = trail.identity = await self.authenticate(route, inbound, facts)
+        except Unauthorized as exc:
+            # A public A2A agent card is served to a caller who presents no credential,
+            # with the skills an anonymous caller may use; a bad credential is still a 401.
+            if not public_card or exc.reason != "authn_missing":
+                raise
+            identity = None
         rpc = trail.rpc = await self.read_jsonrpc(route, inbound, facts, identity, span)
         await self.screen(route, facts, identity, rpc)
         enrichment = await self.enrich(facts, identity, trail)
@@ -318,6 +326,8 @@ class Pipeline:
             return await self.issue_credential(route, inbound, facts, identity, enrichment, trail)
         if rpc is None:
             decision = await self.decide(route, inbound, facts, identity, enrichment, trail)
+        elif public_card and identity is None:
+            decision = None  # the gateway's own document; each skill is decided below
         else:
             decision = await self.decide_rpc(
                 route, inbound, facts, identity, enrichment, trail, rpc
@@ -686,6 +696,15 @@ class Pipeline:
             return kept
 
         return allowed
+
+    @staticmethod
+    def public_card(route: CompiledRoute, facts: RequestFacts) -> bool:
+        """Is this a GET of an A2A route's public agent card (``a2a.agent_card.public``)?"""
+        section = route.settings.a2a
+        card = section.agent_card if section is not None else None
+        if card is None or not card.public or facts.method not in ("GET", "HEAD"):
+            return False
+        return facts.path == route.settings.match.path_prefix.rstrip("/") + card.path
 
     @staticmethod
     def resource_challenge(url: str, headers: Mapping[str, str]) -> Mapping[str, str]:
