@@ -376,3 +376,21 @@ def test_verify_card_refusals(card: dict[str, Any], keys: dict[str, Any], code: 
 def test_one_good_signature_among_bad_ones_verifies() -> None:
     bad = {"protected": _GOOD["protected"], "signature": b64url_encode(b"\x01" * 64)}
     a2a.verify_card({**SIGNED, "signatures": ["x", bad, _GOOD]}, PUBLIC)
+
+
+def test_our_signature_verifies_with_joserfc_as_a_detached_jws() -> None:
+    """A second, independent JOSE implementation: RFC 7515 Appendix F detached content."""
+    from cryptography.hazmat.primitives import serialization
+    from joserfc import jws
+    from joserfc.jwk import ECKey
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    signed = a2a.sign_card(CARD, key, "k")
+    (entry,) = signed["signatures"]
+    token = f"{entry['protected']}.{b64url_encode(a2a.canonical(signed))}.{entry['signature']}"
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    obj = jws.deserialize_compact(token, ECKey.import_key(pem), algorithms=["ES256"])
+    assert obj.payload == a2a.canonical(CARD)
+    assert obj.protected == {"alg": "ES256", "kid": "k", "typ": "JOSE"}

@@ -351,3 +351,50 @@ def test_an_unreadable_body_without_pending_listing_passes() -> None:
 def test_pending_must_name_listing_methods() -> None:
     with pytest.raises(ValueError, match="listing"):
         mcp.scan(SINGLE, {1: "tools/call"})
+
+
+# --------------------------------------------------------------------------- the official SDK
+
+
+def test_a_request_the_mcp_sdk_serialises_gives_its_tool_and_arguments() -> None:
+    """Bytes from the official MCP SDK's own models (``mcp.types``), not a hand-written body."""
+    import mcp.types as types
+
+    call = types.CallToolRequest(
+        params=types.CallToolRequestParams(
+            name="transfer_funds", arguments={"amount": 5, "to": "x", "dry_run": False}
+        )
+    )
+    request = types.JSONRPCRequest(
+        jsonrpc="2.0", id="c-1", **call.model_dump(by_alias=True, mode="json", exclude_none=True)
+    )
+    (message,) = parse(request.model_dump_json(by_alias=True, exclude_none=True).encode()).messages
+    assert mcp.facts(message, arguments=ALLOW, session=None) == _facts(
+        method="tools/call",
+        tool="transfer_funds",
+        arguments={"amount": 5, "dry_run": False},
+        session=None,
+    )
+
+
+def test_a_filtered_sdk_listing_is_still_a_valid_sdk_listing() -> None:
+    import mcp.types as types
+
+    listing = types.ListToolsResult(
+        tools=[
+            types.Tool(name=name, inputSchema={"type": "object"})
+            for name in ("get_balance", "transfer_funds", "greet")
+        ],
+        nextCursor="page-2",
+    )
+    response = types.JSONRPCResponse(
+        jsonrpc="2.0",
+        id=4,
+        result=listing.model_dump(by_alias=True, mode="json", exclude_none=True),
+    )
+    body = response.model_dump_json(by_alias=True, exclude_none=True).encode()
+    out = mcp.filter_response(body, {4: "tools/list"}, {4: {"greet", "get_balance"}})
+    parsed = types.JSONRPCResponse.model_validate_json(out)
+    again = types.ListToolsResult.model_validate(parsed.result)
+    assert [tool.name for tool in again.tools] == ["get_balance", "greet"]
+    assert again.next_cursor == "page-2"
