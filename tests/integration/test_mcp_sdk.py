@@ -41,7 +41,7 @@ from tests.integration.mcp_servers import (
     mcp_client,
     serve,
 )
-from tests.support import ROOT
+from tests.support import ROOT, wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -136,10 +136,23 @@ class World:
     pacer: Pacer
     key: SigningKey
     http: aiohttp.ClientSession
+    audit_log: Path
 
     @property
     def url(self) -> str:
         return self.base + "/mcp"
+
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+
+    async def metrics(self) -> str:
+        assert self.gateway.admin_address is not None
+        host, port = self.gateway.admin_address
+        async with self.http.get(f"http://{host}:{port}/metrics") as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
 
     def token(self, who: tuple[str, list[str]], *, audience: str = RESOURCE) -> str:
         sub, scopes = who
@@ -210,7 +223,7 @@ def gateway_config(tmp_path: Path, stateful: Running, stateless: Running) -> dic
             "data": str(data),
             "cache": {"ttl_s": 0, "max_entries": 0},
         },
-        "telemetry": {"audit_log": "off"},
+        "telemetry": {"audit_log": str(tmp_path / "audit.log")},
         "routes": [
             route(ROUTE, "/mcp", stateful, RESOURCE),
             route(STATELESS_ROUTE, "/stateless", stateless, STATELESS_RESOURCE),
@@ -232,7 +245,8 @@ async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         await gw.start()
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
-                yield World(gw, base_url(gw), stateful, stateless, pacer, key, http)
+                audit = tmp_path / "audit.log"
+                yield World(gw, base_url(gw), stateful, stateless, pacer, key, http, audit)
         finally:
             await gw.stop()
 
@@ -577,6 +591,45 @@ async def test_client_token_never_reaches_the_mcp_server(world: World) -> None:
         assert request.header("authorization") is None, request
         assert request.header("x-api-key") == "upstream-key-0123456789abcdef", request
         assert all(token not in value for _, value in request.headers), request
+
+
+# --------------------------------------------------------------------------- audit, metrics
+
+
+def _calls(events: list[dict[str, Any]], tool: str) -> list[dict[str, Any]]:
+    wanted = {"protocol": "mcp", "method": "tools/call", "target": tool}
+    return [e for e in events if e.get("rpc") == wanted]
+
+
+def _counted(exposition: str, tool: str) -> dict[str, float]:
+    """outcome -> count of ``agentgate_jsonrpc_requests_total`` for tools/call of ``tool``."""
+    out: dict[str, float] = {}
+    for line in exposition.splitlines():
+        if not line.startswith("agentgate_jsonrpc_requests_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        wanted = (f'route="{ROUTE}"', 'method="tools/call"', f'target="{tool}"')
+        if all(label in labels for label in wanted):
+            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = float(value)
+    return out
+
+
+async def test_audit_and_metrics_name_method_and_tool(world: World) -> None:
+    async with mcp_client(world.url, world.bearer(ALICE)) as client:
+        await client.call_tool("get_balance", {"account": "a1"})
+    async with mcp_client(world.url, world.bearer(READER)) as client:
+        with pytest.raises(MCPError):
+            await client.call_tool("delete_account", {"account": "a1"})
+    await wait_until(lambda: bool(_calls(world.audit(), "delete_account")))
+    events = world.audit()
+    assert len(_calls(events, "get_balance")) == 1
+    assert len(_calls(events, "delete_account")) == 1
+    exposition = await world.metrics()
+    assert _counted(exposition, "get_balance") == {"allow": 1.0}
+    denied = _counted(exposition, "delete_account")
+    assert list(denied.values()) == [1.0]
+    assert "allow" not in denied
 
 
 # --------------------------------------------------------------------------- 8. streaming
