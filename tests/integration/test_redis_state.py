@@ -473,7 +473,8 @@ async def test_session_binding_shared_and_atomic_across_instances(
     keys = [k.decode() for k in await client.keys("*ss:*")]
     values = [await client.get(k) for k in keys]
     await client.aclose()
-    assert len(keys) == 1 and "mcp-session" not in keys[0]
+    assert len(keys) == 1
+    assert "mcp-session" not in keys[0]
     assert winner.encode() not in values[0]  # the owner is hashed too
     await a.sessions.release("mcp-session-1", winner)
     assert await b.sessions.owned_by("mcp-session-1", winner) is None

@@ -400,7 +400,8 @@ def test_jsonrpc_refusal_renders_its_own_body() -> None:
     # A JSON-RPC client reads the error from the body: no problem document around it.
     body = b'{"jsonrpc":"2.0","id":1,"error":{"code":-32600,"message":"invalid request"}}'
     exc = JSONRPCRefused(body, "private detail")
-    assert exc.reason == Reason.JSONRPC_INVALID and exc.status == 400
+    assert exc.reason == Reason.JSONRPC_INVALID
+    assert exc.status == 400
     assert repr(exc) == "JSONRPCRefused(status=400, reason='jsonrpc_invalid')"
     response = error_response(exc, "rid")
     assert response.body == body

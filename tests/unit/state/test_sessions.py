@@ -68,7 +68,8 @@ async def test_nothing_stored_in_clear() -> None:
     sessions = MemorySessionBindings()
     await sessions.claim("session-secret", "alice@example", 60)
     stored = repr(sessions._bound)
-    assert "session-secret" not in stored and "alice" not in stored
+    assert "session-secret" not in stored
+    assert "alice" not in stored
 
 
 def test_memory_state_has_session_bindings() -> None:
