@@ -21,6 +21,10 @@ Contract:
 * :func:`mcp_client` is an SDK ``Client`` over the SDK's Streamable HTTP transport with the
   given headers (the bearer token), ``mode="legacy"`` (initialize handshake, Mcp-Session-Id)
   unless told otherwise.
+* :func:`policy_dir` is the one place that decides the policy both SDK test files run
+  against: the shipped Rego (``agentgate.authz`` with ``agentgate.mcp``) over the shipped data
+  plus the tools (``data.mcp.routes``), skills (``data.a2a.routes``), read-only subjects and
+  RBAC roles defined here. :func:`challenge_params` reads a ``WWW-Authenticate`` challenge.
 * :func:`travel_agent_app` builds the A2A v1.0 server (JSON-RPC at ``/a2a``, its card at
   ``/.well-known/agent-card.json`` and ``/a2a/.well-known/agent-card.json``) with skills
   ``search_flights``, ``book_flight`` and ``cancel_booking``. Its executor answers a message
@@ -33,9 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -58,6 +65,9 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+
+from tests.integration.conftest import merge
+from tests.support import ROOT
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -330,3 +340,77 @@ def travel_agent_app(url: str, pacer: Pacer) -> Any:
         *create_jsonrpc_routes(handler, "/a2a"),
     ]
     return Starlette(routes=routes)
+
+
+# --------------------------------------------------------------------------- policy data
+
+IDP = "https://idp.gw.test"  # the development issuer of the callers' tokens
+MCP_ROUTE = "tools"  # the stateful MCP server's route
+STATELESS_ROUTE = "tools-stateless"
+A2A_ROUTE = "agents"
+TRANSFER_LIMIT = 1000
+JSONRPC_FORBIDDEN = -32001  # the gateway's JSON-RPC error code for a policy deny
+
+TOOLS: dict[str, Any] = {
+    "routes": {
+        name: {
+            "tools": {
+                "get_balance": {"scopes": ["mcp.tools", "accounts.read"], "read_only": True},
+                "transfer_funds": {
+                    "scopes": ["mcp.tools", "payments.write"],
+                    "arguments": {"amount": {"max": TRANSFER_LIMIT}},
+                    "read_only": False,
+                },
+                "delete_account": {"scopes": ["mcp.tools", "accounts.admin"], "read_only": False},
+                "slow_count": {"scopes": ["mcp.tools"], "read_only": True},
+            },
+            "read_only_subjects": ["reader"],
+        }
+        for name in (MCP_ROUTE, STATELESS_ROUTE)
+    }
+}
+# The A2A route of test_a2a_sdk.py (data.a2a.routes[<route>].skills[<id>]).
+SKILL_DATA: dict[str, Any] = {
+    "routes": {
+        A2A_ROUTE: {
+            "skills": {
+                "search_flights": {"scopes": ["a2a.travel"]},
+                "book_flight": {"scopes": ["a2a.travel", "payments.write"]},
+                "cancel_booking": {"scopes": ["a2a.travel", "bookings.admin"]},
+            }
+        }
+    }
+}
+# The shipped RBAC must let these callers reach the routes at all; the tool rules decide.
+CLIENT_PATHS = ["/mcp", "/mcp/**", "/stateless/**", "/a2a", "/a2a/**"]
+RBAC_DATA: dict[str, Any] = {
+    "roles": {"mcp-client": [{"methods": ["*"], "paths": CLIENT_PATHS, "scopes": []}]},
+    "subjects": {sub: ["mcp-client"] for sub in ("alice", "root", "reader", "viewer")},
+}
+TEST_DATA: dict[str, Any] = {"mcp": TOOLS, "a2a": SKILL_DATA, "rbac": RBAC_DATA}
+# Routes in the "public" segment: the shipped segments data lets external callers reach it.
+SEGMENT = "public"
+
+
+def policy_dir(tmp_path: Path) -> tuple[Path, Path]:
+    """(policies folder, data file) for the PDP: the shipped Rego (agentgate.authz with its
+    agentgate.mcp package) over the shipped data plus the tools, skills and roles above.
+
+    The one place that decides which policy the MCP and A2A SDK tests run against.
+    """
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies" / "agentgate", policies / "agentgate")
+    shipped = json.loads((ROOT / "policies" / "data.json").read_text("utf-8"))
+    data_file = tmp_path / "data.json"
+    data_file.write_text(json.dumps(merge(shipped, TEST_DATA)))
+    return policies, data_file
+
+
+def challenge_params(header: str) -> dict[str, str]:
+    """The auth-params of a ``Bearer`` challenge (quoted-string values, RFC 9110 §11.2)."""
+    assert header.startswith("Bearer "), header
+    params: dict[str, str] = {}
+    for part in header[len("Bearer ") :].split('", '):
+        name, _, value = part.partition("=")
+        params[name.strip()] = value.strip().strip('"')
+    return params

@@ -8,8 +8,8 @@ computes over another canonical form than the SDK's fails here. Skills are filte
 ``SendMessage`` and ``SendStreamingMessage`` run through the gateway; a message for a skill
 the policy denies never reaches the agent.
 
-The policy and its data come from tests/integration/test_mcp_sdk.py (:func:`policy_dir`): one
-switch for both files when the shipped ``agentgate.mcp`` package lands.
+The policy and its data come from :func:`tests.integration.mcp_servers.policy_dir`, shared with
+test_mcp_sdk.py.
 """
 
 from __future__ import annotations
@@ -38,24 +38,23 @@ from gateway.settings import parse_settings
 from gateway.tokens.keys import SigningKey, write_private_key
 from tests.integration.conftest import BASE_SERVER, merge
 from tests.integration.mcp_servers import (
-    SKILLS,
-    Pacer,
-    Running,
-    free_port,
-    serve,
-    travel_agent_app,
-)
-from tests.integration.test_mcp_sdk import (
+    A2A_ROUTE,
     IDP,
     JSONRPC_FORBIDDEN,
     SEGMENT,
+    SKILLS,
+    Pacer,
+    Running,
     challenge_params,
+    free_port,
     policy_dir,
+    serve,
+    travel_agent_app,
 )
 
 pytestmark = pytest.mark.integration
 
-ROUTE = "agents"  # its skills: test_mcp_sdk.SKILL_DATA
+ROUTE = A2A_ROUTE  # its skills: mcp_servers.SKILL_DATA
 UNKNOWN_SKILL = "refund_everything"  # on no card, in no policy data: a2a:unknown_skill
 CARD_PATH = "/.well-known/agent-card.json"
 UPSTREAM_KEY = "agent-upstream-key-0123456789"

@@ -9,16 +9,15 @@ a foreign ``Mcp-Session-Id``) with raw aiohttp. The upstream records every reque
 (method, headers, exact body), so "the upstream never saw it" and "byte for byte" are facts,
 not inferences.
 
-Policy: the shipped Rego (``agentgate.authz`` folding in ``agentgate.mcp``) with this
-module's tools (``data.mcp.routes[<route>].tools[<tool>]``), read-only subjects and RBAC roles;
-:func:`policy_dir` is the one place that decides it.
+Policy: the shipped Rego (``agentgate.authz`` folding in ``agentgate.mcp``) with the tools
+(``data.mcp.routes[<route>].tools[<tool>]``), read-only subjects and RBAC roles of
+:func:`tests.integration.mcp_servers.policy_dir`, the one place that decides it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +33,22 @@ from gateway.settings import parse_settings
 from gateway.tokens.keys import SigningKey
 from tests.integration.conftest import BASE_SERVER, base_url, merge
 from tests.integration.mcp_servers import (
+    IDP,
+    JSONRPC_FORBIDDEN,
+    MCP_ROUTE,
+    SEGMENT,
+    STATELESS_ROUTE,
+    TRANSFER_LIMIT,
     Pacer,
     Running,
     bank_server,
+    challenge_params,
     mcp_app,
     mcp_client,
+    policy_dir,
     serve,
 )
-from tests.support import ROOT, wait_until
+from tests.support import wait_until
 
 pytestmark = [
     pytest.mark.integration,
@@ -50,19 +57,15 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The logging capability is deprecated"),
 ]
 
-IDP = "https://idp.gw.test"
 RESOURCE = "https://gw.test/mcp"
 METADATA_URL = "https://gw.test/.well-known/oauth-protected-resource/mcp"
+ROUTE = MCP_ROUTE
 OTHER_AUDIENCE = "https://gw.test/other"
-ROUTE = "tools"
-STATELESS_ROUTE = "tools-stateless"
 STATELESS_RESOURCE = "https://gw.test/stateless"
 ROUTE_KIND = "mcp"  # "proxy": the plain route of before issue 17 (step 1 of the brief)
 SCOPES_SUPPORTED = ["mcp.tools", "accounts.read", "payments.write", "accounts.admin"]
-TRANSFER_LIMIT = 1000
 IDLE_S = 1.0
 MAX_BODY_BYTES = 64 * 1024
-JSONRPC_FORBIDDEN = -32001
 HANDSHAKE = "2025-11-25"  # the session-based revision the SDK's legacy mode speaks
 MODERN = "2026-07-28"  # the stateless revision its auto mode negotiates
 
@@ -71,60 +74,6 @@ MODERN = "2026-07-28"  # the stateless revision its auto mode negotiates
 ALICE = ("alice", ["mcp.tools", "accounts.read", "payments.write"])
 ROOT_USER = ("root", SCOPES_SUPPORTED)
 READER = ("reader", SCOPES_SUPPORTED)
-
-TOOLS: dict[str, Any] = {
-    "routes": {
-        name: {
-            "tools": {
-                "get_balance": {"scopes": ["mcp.tools", "accounts.read"], "read_only": True},
-                "transfer_funds": {
-                    "scopes": ["mcp.tools", "payments.write"],
-                    "arguments": {"amount": {"max": TRANSFER_LIMIT}},
-                    "read_only": False,
-                },
-                "delete_account": {"scopes": ["mcp.tools", "accounts.admin"], "read_only": False},
-                "slow_count": {"scopes": ["mcp.tools"], "read_only": True},
-            },
-            "read_only_subjects": ["reader"],
-        }
-        for name in (ROUTE, STATELESS_ROUTE)
-    }
-}
-# The A2A route of test_a2a_sdk.py (data.a2a.routes[<route>].skills[<id>]).
-SKILL_DATA: dict[str, Any] = {
-    "routes": {
-        "agents": {
-            "skills": {
-                "search_flights": {"scopes": ["a2a.travel"]},
-                "book_flight": {"scopes": ["a2a.travel", "payments.write"]},
-                "cancel_booking": {"scopes": ["a2a.travel", "bookings.admin"]},
-            }
-        }
-    }
-}
-# The shipped RBAC must let these callers reach the routes at all; the tool rules decide.
-CLIENT_PATHS = ["/mcp", "/mcp/**", "/stateless/**", "/a2a", "/a2a/**"]
-RBAC_DATA: dict[str, Any] = {
-    "roles": {"mcp-client": [{"methods": ["*"], "paths": CLIENT_PATHS, "scopes": []}]},
-    "subjects": {sub: ["mcp-client"] for sub in ("alice", "root", "reader", "viewer")},
-}
-TEST_DATA: dict[str, Any] = {"mcp": TOOLS, "a2a": SKILL_DATA, "rbac": RBAC_DATA}
-# Routes in the "public" segment: the shipped segments data lets external callers reach it.
-SEGMENT = "public"
-
-
-def policy_dir(tmp_path: Path) -> tuple[Path, Path]:
-    """(policies folder, data file) for the PDP: the shipped Rego (agentgate.authz with its
-    agentgate.mcp package) over the shipped data plus this module's tools, skills and roles.
-
-    The one place that decides which policy the MCP and A2A SDK tests run against.
-    """
-    policies = tmp_path / "policies"
-    shutil.copytree(ROOT / "policies" / "agentgate", policies / "agentgate")
-    shipped = json.loads((ROOT / "policies" / "data.json").read_text("utf-8"))
-    data_file = tmp_path / "data.json"
-    data_file.write_text(json.dumps(merge(shipped, TEST_DATA)))
-    return policies, data_file
 
 
 @dataclass
@@ -288,16 +237,6 @@ def answer(body: bytes) -> dict[str, Any]:
             event: dict[str, Any] = json.loads(line[5:])
             return event
     raise AssertionError(f"no JSON-RPC message in {body[:300]!r}")
-
-
-def challenge_params(header: str) -> dict[str, str]:
-    """The auth-params of a ``Bearer`` challenge (quoted-string values, RFC 9110 §11.2)."""
-    assert header.startswith("Bearer "), header
-    params: dict[str, str] = {}
-    for part in header[len("Bearer ") :].split('", '):
-        name, _, value = part.partition("=")
-        params[name.strip()] = value.strip().strip('"')
-    return params
 
 
 async def open_session(world: World, who: tuple[str, list[str]]) -> str:
