@@ -643,7 +643,8 @@ async def test_session_id_of_another_subject_is_refused(world: World) -> None:
     status, _, raw = await world.post(
         "/mcp", rpc(2, "tools/list"), {**world.bearer(ROOT_USER), **with_session}
     )
-    assert not 200 <= status < 300, raw[:300]
+    # 404, what an MCP server answers for an unknown session: the thief learns nothing.
+    assert status == 404, raw[:300]
     assert upstream_uses() == before, "the upstream saw the hijacked session"
     # The owner still uses it.
     status, _, raw = await world.post(
@@ -652,3 +653,11 @@ async def test_session_id_of_another_subject_is_refused(world: World) -> None:
     assert status == 200, raw[:300]
     assert "tools" in answer(raw)["result"]
     assert upstream_uses() == before + 1
+
+
+async def test_guessed_session_id_is_refused(world: World) -> None:
+    guessed = "0" * 32  # the shape the SDK server hands out, issued to nobody
+    headers = {**world.bearer(ALICE), "Mcp-Session-Id": guessed}
+    status, _, raw = await world.post("/mcp", rpc(2, "tools/list"), headers)
+    assert status == 404, raw[:300]
+    assert all(s.header("mcp-session-id") != guessed for s in world.stateful.recorder.seen)
