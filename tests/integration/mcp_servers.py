@@ -25,8 +25,9 @@ Contract:
   against: the shipped Rego (``agentgate.authz`` with ``agentgate.mcp``) over the shipped data
   plus the tools (``data.mcp.routes``), skills (``data.a2a.routes``), read-only subjects and
   RBAC roles defined here. :func:`challenge_params` reads a ``WWW-Authenticate`` challenge.
-* :func:`travel_agent_app` builds the A2A v1.0 server (JSON-RPC at ``/a2a``, its card at
-  ``/.well-known/agent-card.json`` and ``/a2a/.well-known/agent-card.json``) with skills
+* :func:`travel_agent_app` builds the A2A v1.0 server (JSON-RPC at ``/a2a``, v0.3 method names
+  accepted too; its card at ``/.well-known/agent-card.json`` and
+  ``/a2a/.well-known/agent-card.json``) with skills
   ``search_flights``, ``book_flight`` and ``cancel_booking``. Its executor answers a message
   with a task, one ``working`` status update per step (paced by a :class:`Pacer` like
   ``slow_count``, when the message asks for ``steps``) and a ``completed`` update whose text
@@ -337,7 +338,7 @@ def travel_agent_app(url: str, pacer: Pacer) -> Any:
     routes = [
         *create_agent_card_routes(card),
         *create_agent_card_routes(card, card_url="/a2a/.well-known/agent-card.json"),
-        *create_jsonrpc_routes(handler, "/a2a"),
+        *create_jsonrpc_routes(handler, "/a2a", enable_v0_3_compat=True),
     ]
     return Starlette(routes=routes)
 

@@ -351,3 +351,41 @@ async def test_skill_without_scope_is_403_naming_every_scope(world: World) -> No
     assert params["error"] == "insufficient_scope"
     assert sorted(params["scope"].split()) == ["a2a.travel", "payments.write"]
     assert world.agent.recorder.bodies(b"book_flight") == []
+
+
+def v03_send(skill: str) -> dict[str, Any]:
+    """An A2A v0.3 ``message/send`` (the method names before v1.0; the SDK server speaks both)."""
+    message_v03 = {
+        "kind": "message",
+        "messageId": str(uuid.uuid4()),
+        "role": "user",
+        "parts": [{"kind": "text", "text": f"please {skill}"}],
+        "metadata": {"skill": skill},
+    }
+    return {
+        "jsonrpc": "2.0",
+        "id": "v03",
+        "method": "message/send",
+        "params": {"message": message_v03},
+    }
+
+
+@pytest.mark.parametrize(
+    ("skill", "allowed"),
+    [("search_flights", True), (UNKNOWN_SKILL, False)],
+    ids=["allowed", "denied"],
+)
+async def test_v03_method_names_are_decided_too(world: World, skill: str, allowed: bool) -> None:
+    async with world.http.post(
+        world.url, json=v03_send(skill), headers=world.bearer(ALICE)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        doc = json.loads(await resp.read())
+    assert doc["id"] == "v03"
+    if allowed:
+        assert doc["result"]["status"]["state"] == "completed", doc
+        assert len(world.agent.recorder.bodies(skill.encode())) == 1
+    else:
+        assert doc["error"]["code"] == JSONRPC_FORBIDDEN, doc
+        assert doc["error"]["data"]["decision_id"], doc
+        assert world.agent.recorder.bodies(skill.encode()) == []
