@@ -24,8 +24,8 @@ What :func:`parse` enforces (every refusal names a spec section; public text nev
   ``-32600``: §4 discourages it, and a response to it could not be told from the response to an
   unreadable request (§5). A message without ``id`` is a notification;
 * a response (a message without ``method``; MCP clients send them, e.g. to elicitation) has an
-  ``id`` (string, integer or null) and exactly one of ``result`` and ``error``; ``error`` is an
-  object with an integer ``code`` and a string ``message`` (§5, §5.1).
+  ``id`` (string, integer, or null with an ``error`` only) and exactly one of ``result`` and
+  ``error``; ``error`` is an object with an integer ``code`` and a string ``message`` (§5, §5.1).
 
 In a batch, one invalid element refuses the whole batch (the gateway forwards the body byte for
 byte, so it cannot forward part of it): the error has ``batch=True`` and the element's id.
@@ -156,6 +156,9 @@ def _response(obj: Mapping[str, Any], readable_id: Id) -> Message:
         raise InvalidJSONRPC(INVALID_REQUEST)
     if ("result" in obj) == ("error" in obj):
         raise InvalidJSONRPC(INVALID_REQUEST, id=readable_id)
+    if obj["id"] is None and "result" in obj:
+        # §5: a null id answers a request whose id could not be read, so only with an error.
+        raise InvalidJSONRPC(INVALID_REQUEST)
     error = obj.get("error")
     if "error" in obj and not (
         isinstance(error, dict)

@@ -27,7 +27,7 @@ not pass it through unfiltered).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -164,8 +164,9 @@ def scan(body: bytes, pending: Mapping[Id, str]) -> Scan:
     except JOSEError:
         raise UnfilterableResponse("response is not JSON") from None
     names = {
-        response["id"]: listed(response.get("result"), pending[response["id"]])
-        for response in _answers(value, pending)
+        response["id"]: listed(response["result"], pending[response["id"]])
+        for response in (value if isinstance(value, list) else (value,))
+        if _answers(response, pending)
     }
     return Scan(body, names, value if names else None, pending)
 
@@ -173,21 +174,27 @@ def scan(body: bytes, pending: Mapping[Id, str]) -> Scan:
 def rewrite(scanned: Scan, allowed: Mapping[Id, Collection[str]]) -> bytes:
     """The body with each scanned listing cut down to ``allowed[id]`` (absent: nothing allowed).
 
-    Returns ``scanned.body`` itself when nothing is dropped; otherwise compact JSON.
+    Returns ``scanned.body`` itself when nothing is dropped; otherwise compact JSON. The scan
+    is not changed: it may be rewritten again with another allow-set.
     """
     if not scanned.names:
         return scanned.body
+    value, pending = scanned._value, scanned._pending
+    out: list[Any] = []
     changed = False
-    for response in _answers(scanned._value, scanned._pending):
-        rid = response["id"]
-        method = scanned._pending[rid]
-        before = response.get("result")
-        after = filter_listing(before, allowed.get(rid, ()), method)
-        member = LISTINGS[method][0]
-        if not isinstance(before, Mapping) or after[member] != before.get(member):
-            response["result"] = after
-            changed = True
-    return _dump(scanned._value) if changed else scanned.body
+    for response in value if isinstance(value, list) else (value,):
+        if _answers(response, pending):
+            method = pending[response["id"]]
+            before = response["result"]
+            after = filter_listing(before, allowed.get(response["id"], ()), method)
+            member = LISTINGS[method][0]
+            if not isinstance(before, Mapping) or after[member] != before.get(member):
+                response = {**response, "result": after}
+                changed = True
+        out.append(response)
+    if not changed:
+        return scanned.body
+    return _dump(out if isinstance(value, list) else out[0])
 
 
 def filter_response(
@@ -197,16 +204,14 @@ def filter_response(
     return rewrite(scan(body, pending), allowed)
 
 
-def _answers(value: Any, pending: Mapping[Id, str]) -> Iterator[dict[str, Any]]:
-    """The response objects in ``value`` (single or batch) that answer a pending listing."""
-    for response in value if isinstance(value, list) else (value,):
-        if (
-            isinstance(response, dict)
-            and "result" in response
-            and is_id(response.get("id"))  # SECURITY: never let `true` match the pending id 1
-            and response["id"] in pending
-        ):
-            yield response
+def _answers(response: Any, pending: Mapping[Id, str]) -> bool:
+    """Whether ``response`` (one element of a body) is the result of a pending listing."""
+    return (
+        isinstance(response, dict)
+        and "result" in response
+        and is_id(response.get("id"))  # SECURITY: never let `true` match the pending id 1
+        and response["id"] in pending
+    )
 
 
 def _dump(value: Any) -> bytes:

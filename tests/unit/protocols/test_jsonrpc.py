@@ -155,6 +155,13 @@ INVALID: list[tuple[str, bytes, int, object, bool]] = [
     ("request-id-object", b'{"jsonrpc":"2.0","id":{},"method":"m"}', -32600, None, False),
     ("response-no-id", b'{"jsonrpc":"2.0","result":1}', -32600, None, False),
     ("response-id-bool", b'{"jsonrpc":"2.0","id":false,"result":1}', -32600, None, False),
+    (
+        "response-null-id-with-result",
+        b'{"jsonrpc":"2.0","id":null,"result":1}',
+        -32600,
+        None,
+        False,
+    ),
     ("response-both", b'{"jsonrpc":"2.0","id":3,"result":1,"error":{}}', -32600, 3, False),
     ("response-neither", b'{"jsonrpc":"2.0","id":3}', -32600, 3, False),
     ("response-error-not-object", b'{"jsonrpc":"2.0","id":3,"error":"x"}', -32600, 3, False),

@@ -398,3 +398,12 @@ def test_a_filtered_sdk_listing_is_still_a_valid_sdk_listing() -> None:
     again = types.ListToolsResult.model_validate(parsed.result)
     assert [tool.name for tool in again.tools] == ["get_balance", "greet"]
     assert again.next_cursor == "page-2"
+
+
+def test_a_scan_can_be_rewritten_with_several_allow_sets() -> None:
+    scanned = mcp.scan(SINGLE, {1: "tools/list"})
+    first = mcp.rewrite(scanned, {1: {"greet"}})
+    second = mcp.rewrite(scanned, {1: {"get_balance", "greet"}})
+    assert [t["name"] for t in json.loads(first)["result"]["tools"]] == ["greet"]
+    assert [t["name"] for t in json.loads(second)["result"]["tools"]] == ["get_balance", "greet"]
+    assert scanned.names == {1: ["get_balance", "transfer_funds", "greet"]}
