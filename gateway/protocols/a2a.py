@@ -8,8 +8,9 @@ Contract: pure functions, no I/O; method names and parameter members follow a2a-
   ``GetTask``...). ``task_id``/``context_id`` come from ``params.message`` (``taskId``/
   ``contextId``, or the snake_case proto names), from ``params.id`` (or a ``tasks/<id>``
   resource ``params.name``) for the task methods, from ``params.taskId`` for the v1.0
-  push-notification-config methods, from ``params.contextId`` for ``ListTasks``. Every value is
-  a string or ``None``: anything else reads as ``None``.
+  push-notification-config methods; ``context_id`` falls back to ``params.contextId`` (as
+  ``ListTasks`` sends it). Every value is a string or ``None``: anything else reads as ``None``.
+  A response message (``method`` None) gives all four as ``None``.
   A2A has no standard skill field on a message: the gateway reads the metadata convention
   ``params.message.metadata.skill`` (then ``params.metadata.skill``); ``skill`` is None otherwise,
   so a policy that needs a skill must deny when it is null.

@@ -11,6 +11,8 @@ Contract: pure functions over :mod:`gateway.protocols.jsonrpc` values, no I/O.
   prompt's own list plus the ``"*"`` list), values copied as they are (the PDP input converter
   bounds them). One of those methods without its string ``name``/``uri`` (or with ``params``
   that is not an object) raises :class:`~gateway.protocols.jsonrpc.InvalidJSONRPC` ``-32602``.
+  A response message (the client answering a server request) gives ``method`` None, the rest
+  empty.
 * Listing responses (``tools/list``, ``prompts/list``, ``resources/list``) are filtered in two
   steps so that the caller can ask the PDP in between: :func:`scan` parses a response body (a
   JSON body or one SSE event's data) and names what each pending listing offers; then
