@@ -394,3 +394,8 @@ def test_our_signature_verifies_with_joserfc_as_a_detached_jws() -> None:
     obj = jws.deserialize_compact(token, ECKey.import_key(pem), algorithms=["ES256"])
     assert obj.payload == a2a.canonical(CARD)
     assert obj.protected == {"alg": "ES256", "kid": "k", "typ": "JOSE"}
+
+
+def test_a_response_message_gives_empty_facts() -> None:
+    (message,) = parse(b'{"jsonrpc":"2.0","id":9,"result":{"id":"t-1"}}').messages
+    assert a2a.facts(message) == _a2a(None)

@@ -407,3 +407,8 @@ def test_a_scan_can_be_rewritten_with_several_allow_sets() -> None:
     assert [t["name"] for t in json.loads(first)["result"]["tools"]] == ["greet"]
     assert [t["name"] for t in json.loads(second)["result"]["tools"]] == ["get_balance", "greet"]
     assert scanned.names == {1: ["get_balance", "transfer_funds", "greet"]}
+
+
+def test_a_response_message_gives_empty_facts() -> None:
+    (message,) = parse(b'{"jsonrpc":"2.0","id":9,"result":{"action":"accept"}}').messages
+    assert mcp.facts(message, arguments=ALLOW, session="s-1") == _facts()
