@@ -76,6 +76,25 @@ BOOKING = {"request": {"method": "POST", "path": "/flights/42/bookings"}}
 # One hop: the travel agent acts for the user over its own connection.
 ONE_HOP = {"actors": [{"sub": TRAVEL}], "source": {"peer": {"spiffe_id": TRAVEL}}}
 ANONYMOUS = {"subject": None, "actors": [], "mode": None, "caller": None}
+# A user calling a tool of the MCP route travel-tools of the shipped data (agentgate.mcp).
+MCP_USER = merge(
+    USER,
+    {
+        "actors": [], "mode": "self", "caller": "human_api",
+        "source": {"segment": "user", "peer": None},
+        "route": {"name": "travel-tools", "segment": "booking", "tags": []},
+        "request": {"method": "POST", "path": "/mcp"},
+    },
+)  # fmt: skip
+
+
+def tool_call(tool: str, arguments: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    fact = {"method": "tools/call", "tool": tool, "arguments": arguments, "resource": None,
+            "prompt": None, "session": None, **extra}  # fmt: skip
+    return merge(MCP_USER, {"mcp": fact})
+
+
+BOOK = {"price": 500, "currency": "EUR"}
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,32 @@ CASES = [
          "segments:lateral_movement"),
     deny("behaviour-flood", merge(AGENT, {"behavior": {"requests": 10_000}}),
          "behavior:request_flood"),
+    # --- MCP tools and A2A skills (agentgate.mcp)
+    allow("mcp-tool-call-grants-its-scopes", tool_call("book_flight", BOOK), "rbac:traveller",
+          "flights.book", "flights.read"),
+    allow("mcp-listing-ignores-arguments", tool_call("book_flight", {}, listing=True),
+          "rbac:traveller", "flights.book", "flights.read"),
+    allow("mcp-read-only-tool", tool_call("get_fare", {}), "rbac:traveller", "flights.read"),
+    deny("mcp-amount-over-limit", tool_call("book_flight", {**BOOK, "price": 5000}),
+         "mcp:argument_invalid"),
+    deny("mcp-amount-as-string", tool_call("book_flight", {**BOOK, "price": "5"}),
+         "mcp:argument_invalid"),
+    deny("mcp-currency-not-listed", tool_call("book_flight", {**BOOK, "currency": "BTC"}),
+         "mcp:argument_invalid"),
+    deny("mcp-required-argument", tool_call("book_flight", {"currency": "EUR"}),
+         "mcp:argument_missing"),
+    deny("mcp-unknown-tool", tool_call("cancel_all", {}), "mcp:unknown_tool"),
+    deny("mcp-read-only-caller",
+         merge(tool_call("book_flight", BOOK), {"subject": {"type": "device"}}), "mcp:read_only"),
+    deny("mcp-tool-scopes-in-one-challenge",
+         merge(tool_call("book_flight", BOOK), {"subject": {"scopes": ["flights.read"]}}),
+         "mcp:insufficient_scope",
+         obligations={"required_scopes": ["flights.book", "flights.read"]}),
+    deny("a2a-unknown-skill",
+         merge(MCP_USER, {"route": {"name": "travel-agents"},
+                          "a2a": {"method": "message/send", "skill": "hack", "task_id": None,
+                                  "context_id": None}}),
+         "a2a:unknown_skill"),
     # --- undefined: a rule that exists but is undefined for this input
     Case("undefined-document", merge(AGENT, {"subject": {"id": "nobody"}}), False,
          "policy_undefined", decision="agentgate/rbac/reason"),
@@ -214,7 +259,16 @@ def test_table_is_big_enough() -> None:
     assert len(CASES) >= 20
     assert len({c.id for c in CASES}) == len(CASES)
     reasons = {c.reason.split(":")[0] for c in CASES}
-    assert {"rbac", "abac", "rebac", "segments", "behavior", "policy_undefined"} <= reasons
+    assert {
+        "rbac",
+        "abac",
+        "rebac",
+        "segments",
+        "behavior",
+        "mcp",
+        "a2a",
+        "policy_undefined",
+    } <= reasons
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -115,9 +115,20 @@ denied(reason) := {"allow": false, "reason": reason, "status": 403, "obligations
 allowed := {
 	"allow": true,
 	"reason": rbac.reason,
-	"scopes": sort(granted_scopes),
+	"scopes": sort(allowed_scopes),
 	"obligations": obligations,
 }
+
+# A tools/call (skill) allowed by agentgate.mcp also grants the tool's scopes (the subject
+# holds them all, or the decision is insufficient_scope), narrowed by the delegation chain:
+# the Txn-Token of a book_flight call carries flights.book.
+allowed_scopes := granted_scopes | tool_scopes if {
+	tool_scopes
+} else := granted_scopes
+
+tool_scopes := mcp.required_scopes if not rebac.limits_scopes
+
+tool_scopes := mcp.required_scopes & rebac.scope_limit if rebac.limits_scopes
 
 granted_scopes := rbac.scopes & rebac.scope_limit if {
 	rebac.limits_scopes
