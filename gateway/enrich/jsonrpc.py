@@ -37,7 +37,10 @@ from gateway.state import SessionBindings
 SESSION_HEADER = "Mcp-Session-Id"
 # Listing methods whose results the gateway filters by policy (MCP).
 LISTING = {"tools/list": "tool"}
-FORBIDDEN_CODE = -32001  # JSON-RPC "server error" range, implementation-defined
+# JSON-RPC's implementation-defined "server error" range (-32000..-32099): MCP defines none
+# at -32001; A2A uses -32001..-32009 for its own errors, so its denials take -32050.
+FORBIDDEN_CODE = -32001
+A2A_FORBIDDEN_CODE = -32050
 
 Protocol = Literal["mcp", "a2a"]
 
@@ -66,6 +69,27 @@ class RPCCall:
         first = self.facts[0]
         return first.get("method") or "-", first.get("tool") or first.get("skill")
 
+    @property
+    def _code(self) -> int:
+        return FORBIDDEN_CODE if self.protocol == "mcp" else A2A_FORBIDDEN_CODE
+
+    def _denied(self, message_id: jsonrpc.Id, decision_id: str, reason: str) -> dict[str, Any]:
+        facts = {"decision_id": decision_id, "reason": reason}
+        if self.protocol == "mcp":
+            return jsonrpc.error_object(message_id, FORBIDDEN_CODE, "forbidden by policy", facts)
+        # A2A v1.0 error details are google.rpc.ErrorInfo objects (string metadata); its
+        # SDK drops any other data and reads -32001..-32009 as its own errors.
+        error = jsonrpc.error_object(message_id, A2A_FORBIDDEN_CODE, "forbidden by policy")
+        error["error"]["data"] = [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "FORBIDDEN_BY_POLICY",
+                "domain": "agentgate",
+                "metadata": facts,
+            }
+        ]
+        return error
+
     def refusal(
         self,
         errors: Mapping[int, tuple[str, str]],
@@ -80,13 +104,9 @@ class RPCCall:
             if message_id is None:
                 continue  # a notification gets no response (JSON-RPC 2.0 §4.1)
             if index in errors:
-                decision_id, reason = errors[index]
-                data = {"decision_id": decision_id, "reason": reason}
-                objects.append(
-                    jsonrpc.error_object(message_id, FORBIDDEN_CODE, "forbidden by policy", data)
-                )
+                objects.append(self._denied(message_id, *errors[index]))
             else:
-                objects.append(jsonrpc.error_object(message_id, FORBIDDEN_CODE, others))
+                objects.append(jsonrpc.error_object(message_id, self._code, others))
         first = next(iter(errors.values()))[0] if errors else None
         if not objects:
             return Forbidden("policy denied JSON-RPC notifications", decision_id=first)

@@ -40,7 +40,6 @@ from tests.integration.conftest import BASE_SERVER, merge
 from tests.integration.mcp_servers import (
     A2A_ROUTE,
     IDP,
-    JSONRPC_FORBIDDEN,
     SEGMENT,
     SKILLS,
     Pacer,
@@ -51,6 +50,8 @@ from tests.integration.mcp_servers import (
     serve,
     travel_agent_app,
 )
+
+A2A_FORBIDDEN = -32050  # the gateway's code for an A2A policy deny (A2A owns -32001..-32009)
 
 pytestmark = pytest.mark.integration
 
@@ -323,7 +324,20 @@ async def test_denied_skill_never_reaches_the_agent(world: World, streaming: boo
         with pytest.raises(A2AError) as denied:
             _ = [e async for e in client.send_message(message(UNKNOWN_SKILL))]
     assert "forbidden by policy" in str(denied.value)
+    # Not one of the SDK's own errors (-32001..-32009: TaskNotFoundError and the like).
+    assert type(denied.value).__name__ not in {"TaskNotFoundError", "InternalError"}
     assert world.agent.recorder.bodies(UNKNOWN_SKILL.encode()) == []
+
+
+def a2a_decision_id(error: dict[str, Any]) -> str:
+    """The decision id of an A2A denial: google.rpc.ErrorInfo metadata (A2A v1.0 details)."""
+    assert error["code"] == A2A_FORBIDDEN, error
+    [info] = error["data"]
+    assert info["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+    assert info["reason"] == "FORBIDDEN_BY_POLICY"
+    assert info["domain"] == "agentgate"
+    assert info["metadata"]["reason"] == "policy_denied"
+    return str(info["metadata"]["decision_id"])
 
 
 async def post_message(world: World, who: tuple[str, list[str]], skill: str) -> Any:
@@ -338,9 +352,8 @@ async def test_denied_skill_wire_format(world: World) -> None:
         assert resp.status == 200, await resp.text()
         doc = json.loads(await resp.read())
     assert doc["id"] == 9
-    assert doc["error"]["code"] == JSONRPC_FORBIDDEN
     assert doc["error"]["message"] == "forbidden by policy"
-    assert set(doc["error"]["data"]) >= {"decision_id", "reason"}
+    assert a2a_decision_id(doc["error"])
     assert world.agent.recorder.bodies(UNKNOWN_SKILL.encode()) == []
 
 
@@ -386,6 +399,5 @@ async def test_v03_method_names_are_decided_too(world: World, skill: str, allowe
         assert doc["result"]["status"]["state"] == "completed", doc
         assert len(world.agent.recorder.bodies(skill.encode())) == 1
     else:
-        assert doc["error"]["code"] == JSONRPC_FORBIDDEN, doc
-        assert doc["error"]["data"]["decision_id"], doc
+        assert a2a_decision_id(doc["error"]), doc
         assert world.agent.recorder.bodies(skill.encode()) == []
