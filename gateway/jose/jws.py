@@ -153,12 +153,15 @@ def strict_json_object(data: bytes | str) -> dict[str, Any]:
 def strict_json_value(data: bytes | str) -> Any:
     """Parse UTF-8 JSON of any type with the rules of :func:`strict_json_object`."""
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return _DECODER.decode(text)
+        text = (data.decode("utf-8") if isinstance(data, bytes) else data).strip(_JSON_WS)
+        value, end = _SCAN(text, 0)
     except JOSEError:
         raise
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError, StopIteration):
         raise JOSEError("malformed JSON") from None
+    if end != len(text):
+        raise JOSEError("malformed JSON")
+    return value
 
 
 def numeric_date(value: Any, name: str) -> float:
