@@ -779,6 +779,12 @@ MICRO: list[tuple[str, str, list[str], int]] = [
         ["--seconds", "0.5", "--runs", "3"],
         240,
     ),
+    (
+        "jsonrpc",
+        "JSON-RPC inspection of mcp/a2a routes (issue 17)",
+        ["--seconds", "0.5", "--runs", "5"],
+        240,
+    ),
 ]
 
 
