@@ -24,12 +24,13 @@ another agent's history).
 
 :class:`MemoryActionLog` lives in one process; :class:`gateway.state.redis.actions.RedisActionLog`
 is shared. Every operation answers or raises :class:`gateway.state.StateUnavailable`.
-Agents are hashed (SHA-256) before they are used as keys.
+The Redis log hashes agents (SHA-256) into its key names; the memory log keys its dict by
+the agent string itself (it never leaves the process, and hashing would cost a SHA-256 per
+request on the hot path).
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -70,10 +71,6 @@ class ActionLog(Protocol):
         ...
 
 
-def _key(agent: str) -> bytes:
-    return hashlib.sha256(agent.encode("utf-8", "surrogatepass")).digest()
-
-
 class _Agent:
     __slots__ = ("beat", "expires", "pending", "records", "seq")
 
@@ -100,27 +97,26 @@ class MemoryActionLog:
         self._max_agents = max_agents
         self._ttl_s = ttl_s
         self._clock = clock
-        self._agents: dict[bytes, _Agent] = {}
+        self._agents: dict[str, _Agent] = {}
 
     def _live(self, agent: str) -> _Agent | None:
-        entry = self._agents.get(_key(agent))
+        entry = self._agents.get(agent)
         if entry is not None and entry.expires <= self._clock():
-            del self._agents[_key(agent)]
+            del self._agents[agent]
             return None
         return entry
 
     def _touch(self, agent: str) -> _Agent:
         """The agent's live entry, created if needed, with its expiry pushed back."""
         now = self._clock()
-        key = _key(agent)
-        entry = self._agents.get(key)
+        entry = self._agents.get(agent)
         if entry is None or entry.expires <= now:
             if entry is None and len(self._agents) >= self._max_agents:
                 self._agents = {k: v for k, v in self._agents.items() if v.expires > now}
                 if len(self._agents) >= self._max_agents:
                     # SECURITY: fail closed rather than evict another agent's history.
                     raise StateUnavailable("action log full")
-            entry = self._agents[key] = _Agent()
+            entry = self._agents[agent] = _Agent()
         entry.expires = now + self._ttl_s
         return entry
 
