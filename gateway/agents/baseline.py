@@ -17,7 +17,8 @@ them, so a burst is compared with what came before it rather than with itself. A
 of day (UTC) are counted over the profile's whole life (24 counters), since a 1 h window
 cannot know them.
 
-The score. Each feature gives a bounded surprise ``s`` in [0, 1], weighted by ``w``
+The score. Each feature gives a bounded surprise ``s`` in [0, 1] (below 0.01 it is noise and
+counts as 0), weighted by ``w``
 (:data:`WEIGHTS`); its contribution is ``c = w * s`` and the score combines them like
 independent alarms (noisy-OR)::
 
@@ -28,11 +29,11 @@ the score never leaves [0, 1]. The features of the new call against the baseline
 ``{name, value, baseline, contribution}``:
 
 * ``route:<name>``, ``tool:<name>``, ``method:<M>`` (novelty): with ``N`` baseline calls,
-  ``c`` of them with this key and ``K`` distinct keys among them, the Laplace-smoothed share
-  is ``p = (c + 1) / (N + K + 1)`` and ``s = max(0, 1 - p * K)``: 0 for a key used at least
-  an even share, close to 1 for a key never seen. ``value`` is the key's baseline share
-  ``c / N``, ``baseline`` the even share ``1 / K``. A call without a tool (plain HTTP,
-  ``tools/list``) has no tool feature.
+  ``c`` of them with this key and ``K`` distinct keys among them, the key's count against an
+  even split, both Laplace-smoothed (+1): ``s = max(0, 1 - (c + 1) / (N / K + 1))``: 0 for a
+  key used at least an even share, ``N / (N + K)`` (close to 1) for a key never seen.
+  ``value`` is the key's baseline share ``c / N``, ``baseline`` the even share ``1 / K``. A
+  call without a tool (plain HTTP, ``tools/list``) has no tool feature.
 * ``rate``: calls per second over the short term (``RECENT / (now - oldest recent call)``)
   against the baseline's (its calls over the time it covers); ``s = log2(ratio) / 4``
   clipped to [0, 1] (2x = 0.25, 10x = 0.83, 16x and above = 1); a slower agent is not
@@ -82,6 +83,8 @@ WEIGHTS: dict[str, float] = {
 _RATE_LOG2_CAP = 4.0  # a 16x rate is the full surprise
 _DAY_S = 86400.0
 _MIN_SPAN_S = 1e-3  # a burst faster than this is measured as this
+_NOISE = 0.01  # a surprise below this is noise: no contribution, not listed
+_ZERO: tuple[float, str, float, float] = (0.0, "", 0.0, 0.0)
 
 
 class Feature(NamedTuple):
@@ -169,9 +172,11 @@ def _novelty(
     for x, m in short.items():
         if counts.get(x, 0) <= m:
             k -= 1
-    s = 1.0 - (c + 1) / (n + k + 1) * k
+    s = 1.0 - k * (c + 1) / (n + k)
+    if s < _NOISE:
+        return _ZERO
     return (
-        -WEIGHTS[kind] * s if s > 0.0 else 0.0,
+        -WEIGHTS[kind] * s,
         f"{kind}:{name[:MAX_NAME]}",
         c / n,
         1.0 / k if k else 0.0,
@@ -180,7 +185,7 @@ def _novelty(
 
 def _ratio(kind: str, recent: float, base: float) -> _Candidate:
     s = (recent - base) / (1.0 - base) if base < 1.0 else 0.0
-    return (-WEIGHTS[kind] * min(s, 1.0) if s > 0.0 else 0.0, kind, recent, base)
+    return (-WEIGHTS[kind] * min(s, 1.0) if s >= _NOISE else 0.0, kind, recent, base)
 
 
 def _shape(candidates: list[_Candidate], age: float) -> Drift:
@@ -210,27 +215,21 @@ class _Short:
         self.methods: dict[str, int] = {}
 
     def add(self, call: _Recent) -> None:
-        self.calls.append(call)
+        calls = self.calls
+        if len(calls) == RECENT:
+            self._count(calls.popleft(), -1)
+        calls.append(call)
         self._count(call, 1)
-        if len(self.calls) > RECENT:
-            self._count(self.calls.popleft(), -1)
 
     def _count(self, call: _Recent, by: int) -> None:
         if call.denied:
             self.denied += by
         if call.error:
             self.errors += by
-        for counts, key in (
-            (self.routes, call.route),
-            (self.methods, call.method),
-            (self.tools, call.tool),
-        ):
-            if key is not None:
-                left = counts.get(key, 0) + by
-                if left:
-                    counts[key] = left
-                else:
-                    del counts[key]
+        _bump(self.routes, call.route, by)
+        _bump(self.methods, call.method, by)
+        if call.tool is not None:
+            _bump(self.tools, call.tool, by)
 
     def since(self, t: float) -> _Short:
         """Itself, or a copy without the calls older than ``t`` (they left the window)."""
@@ -241,6 +240,14 @@ class _Short:
             if call.t >= t:
                 kept.add(call)
         return kept
+
+
+def _bump(counts: dict[str, int], key: str, by: int) -> None:
+    left = counts.get(key, 0) + by
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
 
 
 class Profile:
@@ -357,11 +364,12 @@ class Profile:
 
     def drift(self, now: float, route: str, tool: str | None, method: str) -> Drift:
         """Score a new call (not yet observed) against the baseline."""
-        age = self.age(now)
+        age = now - self.first_seen if now > self.first_seen else 0.0
         if age < self.min_age_s or self._lifetime < self.min_calls:
             return Drift(0.0, (), age, True)
         index = int(now // self._width)
-        self._expire(index)
+        if self._slots and self._slots[0].index <= index - self.buckets:
+            self._expire(index)
         # The short term still counted in the window (a slot leaves it as a whole).
         short = self._short.since((index - self.buckets + 1) * self._width)
         recent = len(short.calls)
@@ -395,12 +403,12 @@ class Profile:
         rate = len(short.calls) / max(now - oldest, _MIN_SPAN_S)
         base = n / base_span
         s = math.log2(rate / base) / _RATE_LOG2_CAP
-        return (-WEIGHTS["rate"] * min(s, 1.0) if s > 0.0 else 0.0, "rate", rate, base)
+        return (-WEIGHTS["rate"] * min(s, 1.0) if s >= _NOISE else 0.0, "rate", rate, base)
 
     def _hour(self, now: float, age: float) -> _Candidate:
         hour = int(now // 3600) % 24
         seen = self._hours[hour]
-        s = 0.0 if seen else min(1.0, age / _DAY_S)
+        s = 0.0 if seen or age < _NOISE * _DAY_S else min(1.0, age / _DAY_S)
         share = seen / self._lifetime if self._lifetime else 0.0
         even = 1.0 / self._active_hours if self._active_hours else 0.0
         return (-WEIGHTS["hour"] * s, f"hour:{hour:02d}", share, even)

@@ -80,6 +80,28 @@ def test_new_tools_at_ten_times_the_rate_score_high(steady: Learned) -> None:
     assert rate.value / rate.baseline == pytest.approx(10.0, rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("route", "tool", "method", "top"),
+    [
+        pytest.param("payments", None, "POST", "route:payments", id="new-route"),
+        pytest.param("mcp", "drop_table", "POST", "tool:drop_table", id="new-tool"),
+        pytest.param("mcp", TOOLS[0], "DELETE", "method:DELETE", id="new-method"),
+    ],
+)
+def test_novel_key_at_ten_times_the_rate(
+    steady: Learned, route: str, tool: str | None, method: str, top: str
+) -> None:
+    t = steady.now
+    for _ in range(8):
+        steady.store.observe(AGENT, t, route, tool, method, 200, False)
+        t += steady.interval / 10
+    drift = steady.store.drift(AGENT, t, route, tool, method)
+    # A method weighs less than a route or a tool (a new verb alone is weaker evidence), so
+    # the rate may come first.
+    assert set(names(drift)[:2]) == {top, "rate"}
+    assert drift.score > (0.6 if top.startswith("method:") else 0.7)
+
+
 def test_new_tool_alone_stays_below_quarantine(steady: Learned) -> None:
     # An unseen tool at the usual pace is worth a look (step-down), not a quarantine.
     drift = steady.store.drift(AGENT, steady.now, "mcp", "transfer_funds", "POST")
@@ -244,7 +266,8 @@ def test_deterministic() -> None:
 
 calls = st.lists(
     st.tuples(
-        st.floats(min_value=0.0, max_value=900.0),  # seconds since the previous call
+        # Seconds since the previous call; a negative gap is a clock that stepped back.
+        st.floats(min_value=-60.0, max_value=900.0),
         st.sampled_from(["a", "b", "c", "d"]),
         st.sampled_from([None, "t1", "t2", "t3"]),
         st.sampled_from(["GET", "POST", "DELETE"]),
