@@ -32,6 +32,7 @@ request on the hot path).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -76,8 +77,10 @@ class _Agent:
 
     def __init__(self) -> None:
         self.seq = 0
-        self.records: dict[int, bytes] = {}  # insertion order: oldest first
-        self.pending: set[int] = set()
+        # OrderedDicts: dropping the oldest is O(1) (``next(iter(dict))`` on a plain dict
+        # slows down with every deletion at its front, up to the next resize).
+        self.records: OrderedDict[int, bytes] = OrderedDict()  # oldest first
+        self.pending: OrderedDict[int, None] = OrderedDict()  # in seq order
         self.beat: tuple[float, str, int] | None = None
         self.expires = 0.0
 
@@ -123,20 +126,21 @@ class MemoryActionLog:
     async def reserve(self, agent: str) -> int:
         entry = self._touch(agent)
         entry.seq += 1
-        entry.pending.add(entry.seq)
-        if len(entry.pending) > self._max_actions:
-            entry.pending.discard(min(entry.pending))
+        pending = entry.pending
+        pending[entry.seq] = None
+        if len(pending) > self._max_actions:
+            pending.popitem(last=False)
         return entry.seq
 
     async def record(self, agent: str, seq: int, action: bytes) -> None:
         entry = self._touch(agent)
         if seq not in entry.pending:
             return  # SECURITY: once per reserved seq; history is never rewritten
-        entry.pending.discard(seq)
+        del entry.pending[seq]
         records = entry.records
         records[seq] = action
         if len(records) > self._max_actions:
-            del records[next(iter(records))]
+            records.popitem(last=False)
 
     async def window(
         self, agent: str, first: int, last: int
