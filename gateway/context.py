@@ -259,6 +259,9 @@ class Enrichment:
 
     agent: str | None = None
     behavior: Mapping[str, Any] | None = None
+    # ``quarantine`` when the agent is quarantined (issue 18): its requests come from that
+    # segment, which the segments policy isolates; None: derived from the peer as usual.
+    segment: str | None = None
 
 
 NO_ENRICHMENT = Enrichment()

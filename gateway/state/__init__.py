@@ -69,7 +69,11 @@ class SessionBindings(Protocol):
 
 # --------------------------------------------------------------------------- revocation
 
-RevocationKind = Literal["subject", "agent", "cert_sha256", "jti", "txn", "credential"]
+# ``quarantine`` (issue 18) refuses nothing by itself: a quarantined agent's requests come
+# from the ``quarantine`` segment, which the segments policy isolates (microsegmentation).
+RevocationKind = Literal[
+    "subject", "agent", "cert_sha256", "jti", "txn", "credential", "quarantine"
+]
 REVOCATION_KINDS: tuple[RevocationKind, ...] = get_args(RevocationKind)
 DEFAULT_REVOCATION_TTL_S = 3600.0
 MAX_REVOCATION_TTL_S = 30 * 86400.0
@@ -139,6 +143,10 @@ class RevocationStore(Protocol):
         The hot path: local dictionary lookups only. Raises :class:`StateUnavailable`
         when the local copy cannot be trusted (shared backend unreachable too long).
         """
+        ...
+
+    async def quarantined(self, agent: str) -> bool:
+        """Is ``agent`` (a behaviour key) quarantined? Local lookup, like :meth:`check`."""
         ...
 
 

@@ -182,6 +182,10 @@ class RevocationIndex:
                     return kind
         return None
 
+    def holds(self, now: float, kind: str, value: str) -> bool:
+        deadline = self._deadlines[kind].get(value)
+        return deadline is not None and deadline > now
+
     def live(self, now: float) -> list[tuple[Revocation, float]]:
         """``(record, deadline)`` pairs not yet expired, sorted by kind then value."""
         out = [
@@ -247,6 +251,9 @@ class MemoryRevocationStore:
         return self._index.match(
             time.monotonic(), subject, agent, cert_sha256, jti, txn, chain_agents, credentials
         )
+
+    async def quarantined(self, agent: str) -> bool:
+        return self._index.holds(time.monotonic(), "quarantine", agent)
 
 
 # --------------------------------------------------------------------------- pipeline helper

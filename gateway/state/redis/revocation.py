@@ -244,6 +244,12 @@ class RedisRevocationStore:
             now, subject, agent, cert_sha256, jti, txn, chain_agents, credentials
         )
 
+    async def quarantined(self, agent: str) -> bool:
+        now = time.monotonic()
+        if now - self._synced_at > self._max_stale_s:
+            raise StateUnavailable("revocation replica is stale (Redis unreachable)")
+        return self._index.holds(now, "quarantine", agent)
+
     # -------------------------------------------------------------- admin
 
     async def revoke(

@@ -28,3 +28,18 @@ test_missing_source_segment if {
 	d := segments.deny with input as {"route": {"segment": "booking"}} with data.segments.flows as flows
 	d == {"segments:lateral_movement"}
 }
+
+test_quarantined_agent_is_isolated if {
+	segments.deny == {"segments:quarantined"} with input as {
+		"source": {"segment": "quarantine"},
+		"route": {"segment": "booking"},
+	}
+		with data.segments.flows as {"quarantine": ["booking"]}
+}
+
+test_quarantined_agent_reaches_the_quarantine_segment if {
+	count(segments.deny) == 0 with input as {
+		"source": {"segment": "quarantine"},
+		"route": {"segment": "quarantine"},
+	}
+}
