@@ -27,6 +27,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import PROBES, Readiness, admin_app
+from gateway.agents.baseline import BaselineStore
+from gateway.agents.continuous import ContinuousAuth
 from gateway.agents.genesis import Genesis
 from gateway.authn.compose import AuthnService
 from gateway.authn.jwks import DevKeys
@@ -56,8 +58,10 @@ from gateway.resource_metadata import metadata_endpoints
 from gateway.routing import RouteTable
 from gateway.settings.root import Settings
 from gateway.settings.server import TLSSettings
+from gateway.state.actions import ActionLog, MemoryActionLog
 from gateway.state.factory import build_state
 from gateway.state.redis import RedisBehaviorStore, RedisState
+from gateway.state.redis.actions import RedisActionLog
 from gateway.tokens.endpoint import token_endpoints
 from gateway.tokens.issuer import TxnTokenIssuer
 from gateway.tokens.keys import KeyRing
@@ -212,6 +216,7 @@ class Gateway:
         # The audit sink and the behaviour windows outlive reloads (a reload is not a reset).
         self.audit = AuditSink.from_settings(settings.telemetry, on_drop=self.metrics.audit_dropped)
         self.behavior = self._behavior_store(settings)
+        self.actions, self.baselines = self._continuous_stores(settings)
         self.runtime = Runtime(settings, self)
         # Values the process was started with that a reloaded file must not change
         # (a worker's listen/admin_listen assigned by the supervisor) stay with the lifecycle.
@@ -229,6 +234,29 @@ class Gateway:
         store = MemoryBehaviorStore.from_settings(behavior)
         self.metrics.watch_behavior(store.__len__)
         return store
+
+    def _continuous_stores(
+        self, settings: Settings
+    ) -> tuple[ActionLog | None, BaselineStore | None]:
+        """The observed-action log (shared like the rest of the state) and the baselines."""
+        section = settings.continuous_auth
+        if section is None:
+            return None, None
+        log: ActionLog
+        if isinstance(self.state, RedisState):
+            log = RedisActionLog(
+                self.state.link, settings.state.key_prefix, max_actions=section.max_actions
+            )
+        else:
+            log = MemoryActionLog(max_actions=section.max_actions)
+        drift = section.drift
+        baselines = BaselineStore(
+            window_s=drift.window_s,
+            min_calls=drift.min_calls,
+            min_age_s=drift.min_age_s,
+            max_agents=drift.max_agents,
+        )
+        return log, baselines
 
     # The current runtime's parts, for callers that hold the Gateway.
     @property
@@ -319,7 +347,14 @@ class Gateway:
                 name for name, method in settings.authn.items() if method.type == "bearer"
             ),
             card_signer=_card_signer(runtime.tokens.keys) if runtime.tokens else None,
+            continuous=self._continuous(settings),
         )
+
+    def _continuous(self, settings: Settings) -> ContinuousAuth | None:
+        section = settings.continuous_auth
+        if section is None or self.actions is None or self.baselines is None:
+            return None  # (a reload that adds the section needs a restart for its stores)
+        return ContinuousAuth(section, self.actions, self.state.revocations, self.baselines)
 
     def listeners(self) -> Sequence[Listener]:
         """The main listener (the pipeline) and the admin listener, in binding order."""

@@ -106,6 +106,9 @@ class Reason(enum.StrEnum):
     AUDIENCE_MISMATCH = "audience_mismatch"
     RESPONSE_UNFILTERABLE = "response_unfilterable"  # a listing stream cut: cannot filter
 
+    # Continuous authentication (gateway.agents.continuous): a heartbeat about another agent.
+    HEARTBEAT_AGENT_MISMATCH = "heartbeat_agent_mismatch"
+
     # Credential conversion for the upstream (gateway.credentials).
     CREDENTIAL_NOT_ALLOWED = "credential_not_allowed"
     CREDENTIAL_UNAVAILABLE = "credential_unavailable"

@@ -44,7 +44,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.agents import caveats
+from gateway.agents.continuous import ACTION_HEADER, ContinuousAuth
 from gateway.agents.genesis import Genesis
+from gateway.agents.heartbeat import HeartbeatInvalid
 from gateway.authz.decision import obligation_limit
 from gateway.authz.engine import PolicyDecisionPoint
 from gateway.authz.input import build_input, policy_headers, query_params
@@ -66,6 +68,7 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     HeadersTooLarge,
+    MethodNotAllowed,
     PayloadTooLarge,
     Unauthorized,
 )
@@ -73,7 +76,7 @@ from gateway.limits.stage import LimitsStage
 from gateway.net.listener import GatewayRequestHandler
 from gateway.observability.access_log import AccessLog
 from gateway.observability.audit import AuditInput, AuditRecord, AuditSink
-from gateway.observability.behavior import BehaviorStore
+from gateway.observability.behavior import BehaviorStore, agent_key
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import ServerSpan, Tracing
 from gateway.protocols.body import RequestBody
@@ -91,6 +94,7 @@ from gateway.upstream.rewrite import Rewrite
 log = logging.getLogger("agentgate.pipeline")
 
 SERVER_HEADER = {"Server": "agentgate"}
+QUARANTINE = "quarantine"  # the segment (and revocation kind) of a quarantined agent
 
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -134,6 +138,8 @@ class Trail:
     forwarded: bool = False
     rpc: RPCCall | None = None
     resource_metadata: str | None = None  # JSON-RPC routes: the RFC 9728 metadata URL
+    seq: int | None = None  # continuous_auth: the request's place in its agent's chain
+    tool: str | None = None
     status: int = 500
     reason: str = "internal_error"
 
@@ -224,6 +230,7 @@ class Pipeline:
         genesis: Genesis | None = None,
         bearer_methods: frozenset[str] = frozenset(),
         card_signer: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+        continuous: ContinuousAuth | None = None,
     ) -> None:
         self.routes = routes
         self.forwarder = forwarder
@@ -248,6 +255,7 @@ class Pipeline:
         self.jsonrpc = JSONRPCStage(state.sessions)
         self.bearer_methods = bearer_methods  # authn methods of type bearer (audience binding)
         self.card_signer = card_signer
+        self.continuous = continuous
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """Bookkeeping around :meth:`serve`: request id, span, metrics, audit, behaviour."""
@@ -321,7 +329,10 @@ class Pipeline:
             identity = None
         rpc = trail.rpc = await self.read_jsonrpc(route, inbound, facts, identity, span)
         await self.screen(route, facts, identity, rpc)
+        if route.settings.kind == "agent_heartbeat":
+            return await self.take_heartbeat(inbound, facts, identity, trail)
         enrichment = await self.enrich(facts, identity, trail)
+        enrichment = await self.observe_agent(route, facts, enrichment, rpc, trail)
         if route.settings.kind == "agent_credentials":
             return await self.issue_credential(route, inbound, facts, identity, enrichment, trail)
         if rpc is None:
@@ -336,7 +347,7 @@ class Pipeline:
         txn_token = await self.mint(route, facts, identity, decision, trail)
         rewrite = self.rewrite(route, inbound, facts, identity, enrichment, rpc)
         response = await self.forward(
-            request, inbound, facts, route, identity, decision, txn_token, rewrite
+            request, inbound, facts, route, identity, decision, txn_token, rewrite, trail.seq
         )
         trail.forwarded = True
         ended = request.method == "DELETE" and 200 <= response.status < 300
@@ -354,6 +365,8 @@ class Pipeline:
             self.metrics.rate_limited(trail.route)
         response = error_response(exc, trail.request_id)
         response.headers.update(SERVER_HEADER)
+        if trail.seq is not None:
+            response.headers[ACTION_HEADER] = f"seq={trail.seq}"
         return response
 
     def trusted(self, facts: RequestFacts) -> bool:
@@ -377,6 +390,20 @@ class Pipeline:
                 )
             except GatewayError as exc:  # a shared store that is down: the request is done
                 log.warning("behaviour not recorded: %s", exc.reason)
+        if self.continuous is not None and trail.seq is not None and trail.agent is not None:
+            try:
+                await self.continuous.finish(
+                    trail.agent,
+                    trail.seq,
+                    request_id=trail.request_id,
+                    method=trail.method,
+                    status=trail.status,
+                    route=trail.route,
+                    tool=trail.tool,
+                    denied=decision is not None and not decision.allow,
+                )
+            except GatewayError as exc:  # the shared log is down: the next heartbeat mismatches
+                log.warning("action not recorded: %s", exc.reason)
         if self.audit.enabled:  # AuditRecord.build formats a timestamp: not for nothing
             self.audit.emit(AuditRecord.build(trail.audit_input(seconds)))
         if self.access_log is not None:
@@ -498,6 +525,89 @@ class Pipeline:
         span.set_rpc(rpc.protocol, method, target)
         return rpc
 
+    async def observe_agent(
+        self,
+        route: CompiledRoute,
+        facts: RequestFacts,
+        enrichment: Enrichment,
+        rpc: RPCCall | None,
+        trail: Trail,
+    ) -> Enrichment:
+        """``continuous_auth``: this request's place in its agent's chain, and the agent's
+        heartbeat status and drift in ``input.behavior`` (gateway.agents.continuous)."""
+        agent = enrichment.agent
+        if self.continuous is None or agent is None:
+            return enrichment
+        tool = rpc.tools[0] if rpc is not None and rpc.tools else None
+        started = await self.continuous.begin(agent, route.name, tool, facts.method)
+        trail.seq = started.seq
+        trail.tool = tool
+        behavior = {**(enrichment.behavior or {}), **started.behavior}
+        drift = started.behavior.get("drift")
+        if isinstance(drift, Mapping):
+            self.metrics.drift_observed(route.name, float(drift.get("score", 0.0)))
+        return replace(enrichment, behavior=behavior)
+
+    async def take_heartbeat(
+        self,
+        request: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        trail: Trail,
+    ) -> web.StreamResponse:
+        """``POST /agents/heartbeat`` (``kind: agent_heartbeat``): the agent's record of its
+        recent calls against the gateway's chain; the verdict feeds ``input.behavior``."""
+        agent = agent_key(identity, facts.peer)
+        if self.continuous is None or agent is None:
+            # SECURITY: settings requires continuous_auth and authn for this route.
+            raise Unauthorized("no agent identity for a heartbeat", reason="authn_missing")
+        trail.agent = agent
+        if request.method != "POST":
+            raise MethodNotAllowed("heartbeat is POST", headers={"Allow": "POST"})
+        body = await request.body.read()
+        try:
+            beat, result = await self.continuous.heartbeat(agent, body)
+        except HeartbeatInvalid as exc:
+            raise BadRequest(f"heartbeat: {exc}", public=f"invalid heartbeat: {exc}") from None
+        except PermissionError:
+            raise Forbidden(
+                "heartbeat names another agent",
+                reason="heartbeat_agent_mismatch",
+                public="heartbeat for another agent",
+            ) from None
+        self.metrics.heartbeat(result.verdict)
+        self.tracing.event(
+            "agentgate.heartbeat",
+            verdict=result.verdict,
+            gateway_count=result.gateway_count,
+            agent_count=result.agent_count,
+        )
+        if result.verdict != "healthy":
+            log.warning(
+                "heartbeat %s for agent %s: gateway saw %d calls in (%d, %d], the agent %d",
+                result.verdict, agent, result.gateway_count, beat.first, beat.last,
+                result.agent_count,
+            )  # fmt: skip
+        answer = {**result.as_json(), "window": {"from": beat.first, "to": beat.last}}
+        response = web.json_response(answer, headers={"Cache-Control": "no-store"})
+        response.headers.update({REQUEST_ID: facts.request_id, **SERVER_HEADER})
+        return response
+
+    async def quarantine(self, trail: Trail, decision: Decision) -> None:
+        """A decision's ``quarantine`` obligation: the agent is moved to the quarantine
+        segment on every node (a revocation of kind ``quarantine``) until an operator
+        lifts it (``DELETE /admin/revocations/quarantine/<agent>``) or it expires."""
+        agent = trail.agent
+        if self.continuous is None or agent is None:
+            return
+        if await self.state.revocations.quarantined(agent):
+            return  # already there: the first decision's reason and expiry stand
+        await self.continuous.quarantine(agent, why=decision.reason or "policy decision")
+        self.metrics.quarantined(trail.route)
+        self.tracing.event("agentgate.quarantine", agent=agent, reason=decision.reason)
+        log.warning("agent %s quarantined by decision %s (%s)",
+                    agent, decision.decision_id, decision.reason)  # fmt: skip
+
     async def issue_credential(
         self,
         route: CompiledRoute,
@@ -524,11 +634,41 @@ class Pipeline:
         self, facts: RequestFacts, identity: Identity | None, trail: Trail
     ) -> Enrichment:
         """Policy input beyond the request (behaviour); only when a PDP will read it."""
-        if self.pdp is None or self.enricher is None:
+        if self.pdp is None:
             return NO_ENRICHMENT
-        enrichment = await self.enricher.enrich(facts, identity)
+        if self.enricher is not None:
+            enrichment = await self.enricher.enrich(facts, identity)
+        else:
+            enrichment = Enrichment(agent=agent_key(identity, facts.peer))
         trail.agent = enrichment.agent
+        if enrichment.agent is not None and await self.state.revocations.quarantined(
+            enrichment.agent
+        ):
+            # SECURITY: microsegmentation driven by telemetry: a quarantined agent speaks
+            # from the quarantine segment, which agentgate.segments isolates.
+            enrichment = replace(enrichment, segment=QUARANTINE)
         return enrichment
+
+    @staticmethod
+    def policy_input(
+        route: CompiledRoute,
+        request: Inbound,
+        facts: RequestFacts,
+        identity: Identity | None,
+        enrichment: Enrichment,
+    ) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+        """The DESIGN.md §7 input of this request, and the scopes a decision may narrow."""
+        document = build_input(
+            facts,
+            route,
+            identity,
+            policy_headers(request.headers, route.settings.policy_headers),
+            query_params(facts.raw_query),
+            behavior=enrichment.behavior,
+            source_segment=enrichment.segment,
+        )
+        scopes = identity.principal.scopes if identity is not None and identity.scoped else None
+        return document, scopes
 
     async def decide(
         self,
@@ -543,17 +683,9 @@ class Pipeline:
         if self.pdp is None:
             # No PDP configured: the operator runs the gateway as an authenticating proxy.
             return None
-        document = build_input(
-            facts,
-            route,
-            identity,
-            policy_headers(request.headers, route.settings.policy_headers),
-            query_params(facts.raw_query),
-            behavior=enrichment.behavior,
-        )
+        document, scopes = self.policy_input(route, request, facts, identity, enrichment)
         if extra:
             document.update(extra)  # a gateway action (credential.issue) and its facts
-        scopes = identity.principal.scopes if identity is not None and identity.scoped else None
         engine = self.pdp.engine.name
         with self.tracing.stage_span("decide", route=route.name) as stage:
             started = time.perf_counter()
@@ -567,6 +699,8 @@ class Pipeline:
             self.metrics.observe_pdp(engine, time.perf_counter() - started, outcome)
             stage.annotate(decision_id=decision.decision_id, decision=decision.allow)
         if not decision.allow:
+            if decision.obligations.get("quarantine") is True:
+                await self.quarantine(trail, decision)
             raise denial(decision)
         return decision
 
@@ -675,15 +809,7 @@ class Pipeline:
             pdp, section = self.pdp, route.settings.jsonrpc
             if pdp is None or section is None:
                 return list(names)
-            document = build_input(
-                facts,
-                route,
-                identity,
-                policy_headers(request.headers, route.settings.policy_headers),
-                query_params(facts.raw_query),
-                behavior=enrichment.behavior,
-            )
-            scopes = identity.principal.scopes if identity is not None and identity.scoped else None
+            document, scopes = self.policy_input(route, request, facts, identity, enrichment)
             kept = []
             # SECURITY: past the bound, names are dropped, never shown unchecked.
             for name in names[: section.max_list_entries]:
@@ -749,8 +875,12 @@ class Pipeline:
         decision: Decision | None,
         txn_token: str | None,
         rewrite: Rewrite | None = None,
+        seq: int | None = None,
     ) -> web.StreamResponse:
         headers = self.upstream_headers(request, facts)
+        answer_headers = {REQUEST_ID: facts.request_id, **SERVER_HEADER}
+        if seq is not None:
+            answer_headers[ACTION_HEADER] = f"seq={seq}"
         if decision is not None:
             for name, value in decision.headers.items():
                 # A decision may add headers, never replace what the gateway set.
@@ -777,7 +907,7 @@ class Pipeline:
                         route=route.name,
                         ssl_context=out.ssl_context,
                         max_message_bytes=route.settings.websocket_max_message_bytes,
-                        response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
+                        response_headers=answer_headers,
                     )
                     client.set_status(response.status)
                     return self._cut_counted(route, response)
@@ -787,7 +917,7 @@ class Pipeline:
                     out.headers,
                     route=route.name,
                     ssl_context=out.ssl_context,
-                    response_headers={REQUEST_ID: facts.request_id, **SERVER_HEADER},
+                    response_headers=answer_headers,
                     scrub_query=out.scrub_query,
                     buffered=inbound.body.buffered,
                     rewrite=rewrite,

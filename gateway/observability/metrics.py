@@ -205,6 +205,25 @@ class Metrics:
             registry=r,
         )
         self._rpc_targets: dict[str, set[str]] = {}
+        self.heartbeats = Counter(
+            "agentgate_heartbeats",
+            "Agent heartbeats by verdict (healthy, mismatch).",
+            ("verdict",),
+            registry=r,
+        )
+        self.drift = Histogram(
+            "agentgate_drift_score",
+            "Drift score of agents' calls against their baselines (0: usual, 1: unlike it).",
+            ("route",),
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+            registry=r,
+        )
+        self.quarantines = Counter(
+            "agentgate_quarantines",
+            "Agents quarantined by a decision's quarantine obligation.",
+            ("route",),
+            registry=r,
+        )
         self.rate_limited_requests = Counter(
             "agentgate_rate_limited",
             "Requests refused with 429 by a route's rate limit.",
@@ -303,6 +322,15 @@ class Metrics:
                     seen.add(value)
             labels.append(value)
         self.jsonrpc_requests.labels(route, protocol, labels[0], labels[1], outcome).inc()
+
+    def heartbeat(self, verdict: str) -> None:
+        self.heartbeats.labels(verdict).inc()
+
+    def drift_observed(self, route: str, score: float) -> None:
+        self.drift.labels(route).observe(score)
+
+    def quarantined(self, route: str) -> None:
+        self.quarantines.labels(route).inc()
 
     def txn_token_minted(self, route: str) -> None:
         self.txn_tokens.labels(route).inc()

@@ -253,6 +253,10 @@ class ServerSpan:
         if self.recording:
             _annotate(self._span, subject, agent, decision_id, txn, decision, reason)
 
+    def event(self, name: str, attributes: Mapping[str, str | int | float | bool]) -> None:
+        if self.recording:
+            self._span.add_event(name, dict(attributes))
+
     def set_rpc(self, protocol: str, method: str, target: str | None) -> None:
         """A JSON-RPC route's method and tool (MCP) or skill (A2A), as OTel names them."""
         if not self.recording:
@@ -678,6 +682,13 @@ class Tracing:
         finally:
             otel_context.detach(token)
             span.end()
+
+    @staticmethod
+    def event(name: str, **attributes: str | int | float | bool | None) -> None:
+        """An event on the current request's server span (heartbeats, quarantines)."""
+        handle = _SERVER.get(None)
+        if handle is not None:
+            handle.event(name, {k: v for k, v in attributes.items() if v is not None})
 
     def inject(self, headers: MutableMapping[str, str]) -> None:
         """Replace any ``traceparent``/``tracestate`` in ``headers`` with the current context's.

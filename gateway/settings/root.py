@@ -21,6 +21,7 @@ from gateway.settings.authn import (
 )
 from gateway.settings.authz import PDPSettings
 from gateway.settings.base import Strict
+from gateway.settings.continuous import ContinuousAuthSettings
 from gateway.settings.issuers import Issuer
 from gateway.settings.routes import Route
 from gateway.settings.server import ServerSettings
@@ -37,6 +38,7 @@ class Settings(Strict):
     pdp: PDPSettings | None = None
     txn_tokens: TxnTokenSettings | None = None
     agent_credentials: AgentCredentialSettings | None = None
+    continuous_auth: ContinuousAuthSettings | None = None
     telemetry: TelemetrySettings = TelemetrySettings()
     state: StateSettings = StateSettings()
     admin: AdminSettings = AdminSettings()
@@ -73,6 +75,11 @@ class Settings(Strict):
                 problems.append(f"routes.{i}: kind agent_credentials needs a pdp (fail closed)")
             if route.authn is None:
                 problems.append(f"routes.{i}: kind agent_credentials needs authn")
+        for i, route in enumerate(self.routes):
+            if route.kind == "agent_heartbeat" and self.continuous_auth is None:
+                problems.append(f"routes.{i}: kind agent_heartbeat needs continuous_auth")
+            if route.kind == "agent_heartbeat" and route.authn is None:
+                problems.append(f"routes.{i}: kind agent_heartbeat needs authn")
         for i, route in enumerate(self.routes):
             card = route.a2a.agent_card if route.a2a is not None else None
             if card is not None and card.sign and self.txn_tokens is None:

@@ -148,7 +148,8 @@ class Route(Strict):
     # (genesis of agent credentials, gateway.agents); no upstream.
     # ``mcp`` / ``a2a``: proxied like ``proxy``, with the JSON-RPC body read and checked
     # (``input.mcp`` / ``input.a2a``), lists filtered and RFC 9728 metadata served.
-    kind: Literal["proxy", "agent_credentials", "mcp", "a2a"] = "proxy"
+    # ``agent_heartbeat``: served by the gateway (agents' heartbeats, issue 18); no upstream.
+    kind: Literal["proxy", "agent_credentials", "mcp", "a2a", "agent_heartbeat"] = "proxy"
     match: RouteMatch = RouteMatch()
     authn: AuthnTree | None = None
     # None: the defaults (every all_of combining mtls with bearer/jwt_assertion binds them);

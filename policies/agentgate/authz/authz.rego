@@ -108,7 +108,22 @@ deny_reasons contains "authn:unauthenticated" if {
 
 default obligations := {}
 
-obligations := {"no_cache": true} if abac.time_dependent
+obligations := {"no_cache": true} if {
+	abac.time_dependent
+	not behavior.quarantine
+}
+
+# agentgate.behavior: the agent's heartbeat disagrees or it drifts far from its baseline;
+# the gateway moves it to the quarantine segment on every node.
+obligations := {"quarantine": true} if {
+	behavior.quarantine
+	not abac.time_dependent
+}
+
+obligations := {"no_cache": true, "quarantine": true} if {
+	behavior.quarantine
+	abac.time_dependent
+}
 
 denied(reason) := {"allow": false, "reason": reason, "status": 403, "obligations": obligations}
 
@@ -122,9 +137,14 @@ allowed := {
 # A tools/call (skill) allowed by agentgate.mcp also grants the tool's scopes (the subject
 # holds them all, or the decision is insufficient_scope), narrowed by the delegation chain:
 # the Txn-Token of a book_flight call carries flights.book.
-allowed_scopes := granted_scopes | tool_scopes if {
+all_scopes := granted_scopes | tool_scopes if {
 	tool_scopes
 } else := granted_scopes
+
+# A drifting agent keeps only its read scopes (agentgate.behavior.step_down).
+allowed_scopes := behavior.kept_scopes(all_scopes) if behavior.step_down
+
+allowed_scopes := all_scopes if not behavior.step_down
 
 tool_scopes := mcp.required_scopes if not rebac.limits_scopes
 

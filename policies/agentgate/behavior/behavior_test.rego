@@ -78,3 +78,35 @@ test_reason_is_the_lexically_first if {
 test_no_reason_without_anomaly if {
 	not behavior.reason with input.behavior as window({"requests": 1})
 }
+
+test_heartbeat_mismatch_denies_and_quarantines if {
+	behavior.deny == {"behavior:heartbeat_mismatch"} with input as {"behavior": {"heartbeat": "mismatch"}}
+	behavior.quarantine with input as {"behavior": {"heartbeat": "mismatch"}}
+}
+
+test_stale_heartbeat_denies_without_quarantine if {
+	behavior.deny == {"behavior:heartbeat_stale"} with input as {"behavior": {"heartbeat": "stale"}}
+	not behavior.quarantine with input as {"behavior": {"heartbeat": "stale"}}
+}
+
+test_healthy_and_unknown_heartbeats_pass if {
+	count(behavior.deny) == 0 with input as {"behavior": {"heartbeat": "healthy"}}
+	count(behavior.deny) == 0 with input as {"behavior": {"heartbeat": "unknown"}}
+}
+
+test_high_drift_denies_and_quarantines if {
+	drift := {"behavior": {"drift": {"score": 0.85, "features": []}}}
+	behavior.deny == {"behavior:drift"} with input as drift
+	behavior.quarantine with input as drift
+}
+
+test_moderate_drift_steps_scopes_down if {
+	drift := {"behavior": {"drift": {"score": 0.6, "features": []}}}
+	count(behavior.deny) == 0 with input as drift
+	behavior.step_down with input as drift
+	behavior.kept_scopes({"flights.read", "flights.book"}) == {"flights.read"} with input as drift
+}
+
+test_low_drift_is_usual if {
+	not behavior.step_down with input as {"behavior": {"drift": {"score": 0.1, "features": []}}}
+}

@@ -183,7 +183,14 @@ def _called_names(source: str) -> set[str]:
 def test_every_builtin_the_policies_call_exists_in_regopy() -> None:
     sources = [p.read_text() for p in POLICIES.rglob("*.rego") if not p.name.endswith("_test.rego")]
     defined = {m for s in sources for m in re.findall(r"^([a-z_][\w]*)\(", s, re.MULTILINE)}
-    called = {name for s in sources for name in _called_names(s)} - defined
+    # A function of another package, called through its import (behavior.kept_scopes(...)).
+    aliases = {m for s in sources for m in re.findall(r"^import data\.[\w.]*?(\w+)$", s, re.M)}
+    called = {
+        name
+        for s in sources
+        for name in _called_names(s)
+        if not (name.partition(".")[0] in aliases and name.partition(".")[2] in defined)
+    } - defined
     assert {"glob.match", "time.clock", "object.get", "sprintf"} <= called
     interpreter = regopy.Interpreter()
     missing = sorted(name for name in called if not interpreter.is_builtin(name))
