@@ -60,6 +60,7 @@ from gateway.devtools.devpki import CertFiles, DevPKI, init_dev_pki, issue_to_fi
 from gateway.jose.jws import b64url_encode, encode_compact
 from gateway.private_files import write_atomic
 from gateway.sdk.agent import AgentCredential, CredentialError
+from gateway.sdk.heartbeat import ActionRecorder
 from gateway.sdk.txn import TxnTokenError, TxnTokenVerifier, decode_unverified
 from gateway.settings.loading import load_settings
 from gateway.tokens.keys import signing_key, write_private_key
@@ -545,6 +546,7 @@ def _config(world: World) -> dict[str, Any]:
             "ttl_s": 300,
             "max_depth": 2,
         },
+        "continuous_auth": {"heartbeat_interval_s": 30},
         "pdp": {
             "engine": "embedded",
             "policies": rel(world.data_file.parent),
@@ -585,6 +587,12 @@ def _config(world: World) -> dict[str, Any]:
                     "header": BILLING_HEADER,
                     "secret": f"file:{rel(world.billing_key_file)}",
                 },
+            },
+            {
+                "name": "heartbeat",
+                "kind": "agent_heartbeat",  # sub-agents report what they did (issue 18)
+                "match": {"path_prefix": "/agents/heartbeat", "methods": ["POST"]},
+                "authn": "subagents",
             },
             {
                 # An MCP server: policy per tool, tools/list filtered (agentgate.mcp).
@@ -894,7 +902,7 @@ async def step_second_hop(world: World, first: Answer, txn1: dict[str, Any] | No
     return str(hop["request_id"])
 
 
-async def step_subagent(world: World) -> None:
+async def step_subagent(world: World) -> AgentCredential | None:
     _heading("4b. Agent 'travel' spawns a sub-agent offline; it calls with its own credential")
     travel = world.pki.agents["travel"]
     token, _ = world.idp.access_token(
@@ -912,13 +920,13 @@ async def step_subagent(world: World) -> None:
     issued = answer.json()
     if not world.expect(answer.status == 201, f"genesis answered {answer.status}, not 201"):
         _problem(answer)
-        return
+        return None
     try:
         root = AgentCredential.parse(str(issued["credential"]))
         child = root.derive(FARE_CHECKER, scope=["flights.read"], ttl_s=30)
     except (CredentialError, KeyError) as exc:
         world.expect(False, f"the issued credential does not derive: {exc}")
-        return
+        return None
     _say(f"{_INDENT * 2}root {issued['credential_id']}: genesis {issued['genesis']}, scope")
     lifetime = f"expires in {issued['expires_in']} s, depth {issued['depth']}"
     _say(f"{_INDENT * 2}{issued['scope']!r}, {lifetime}")
@@ -949,6 +957,61 @@ async def step_subagent(world: World) -> None:
     )
     _say(f"{_INDENT}the header without the holder's signature: {header_only.status}")
     world.expect(header_only.status == 401, "an unsigned agent credential was accepted")
+    return root
+
+
+async def _beat(world: World, agent: AgentCredential, recorder: ActionRecorder) -> dict[str, Any]:
+    url = world.base + "/agents/heartbeat"
+    body = json.dumps(recorder.heartbeat())
+    headers = {**agent.sign("POST", url, body=body.encode()), "Content-Type": "application/json"}
+    answer = await call(world, "travel", "POST", "/agents/heartbeat", headers=headers, body=body)
+    verdict = answer.json()
+    recorder.acknowledge(verdict)
+    return verdict
+
+
+async def step_hijack(world: World, root: AgentCredential | None) -> None:
+    _heading("4d. A stolen sub-agent credential: the next heartbeat catches it")
+    with _captured("agentgate.pipeline") as warnings:
+        await _hijack(world, root)
+    for line in warnings:  # the gateway's own log lines, shown here rather than on stderr
+        _say(f"{_INDENT}gateway log: {line}")
+
+
+async def _hijack(world: World, root: AgentCredential | None) -> None:
+    if root is None:
+        world.expect(False, "no root credential from step 4b")
+        return
+    agent = root.derive(f"{TRAVEL}/itinerary", scope=["flights.read"], ttl_s=120)
+    recorder = ActionRecorder(agent.agent)
+    url = world.base + "/flights/42"
+    for _ in range(2):
+        answer = await call(world, "travel", "GET", "/flights/42", headers=agent.sign("GET", url))
+        recorder.observe("GET", answer.status, answer.headers)
+    _say(f"{_INDENT}the sub-agent keeps its own record (Agentgate-Action: seq=<n> per answer)")
+    verdict = await _beat(world, agent, recorder)
+    _say(f"{_INDENT}heartbeat: {verdict.get('verdict')} ({verdict.get('agent_count')} calls)")
+    world.expect(verdict.get("verdict") == "healthy", f"first heartbeat: {verdict}")
+    _say(f"{_INDENT}a thief (here: agent billing's host) with a copy of the credential calls:")
+    stolen = await call(world, "billing", "GET", "/flights/42", headers=agent.sign("GET", url))
+    world.expect(stolen.status == 200, "the thief's call was not let through (it must be)")
+    answer = await call(world, "travel", "GET", "/flights/42", headers=agent.sign("GET", url))
+    recorder.observe("GET", answer.status, answer.headers)
+    verdict = await _beat(world, agent, recorder)
+    _say(
+        f"{_INDENT}heartbeat: {verdict.get('verdict')}: the gateway saw "
+        f"{verdict.get('gateway_count')} calls, the agent made {verdict.get('agent_count')}"
+    )
+    world.expect(verdict.get("verdict") == "mismatch", f"the hijack was not caught: {verdict}")
+    answer = await call(world, "travel", "GET", "/flights/42", headers=agent.sign("GET", url))
+    world.expect(answer.status == 403, f"the hijacked agent's call answered {answer.status}")
+    if world.gateway is None:
+        raise DemoError("world.gateway is missing")
+    listed = await world.gateway.state.revocations.list()
+    reasons = {r.value: r.reason for r in listed if r.kind == "quarantine"}
+    if world.expect(agent.agent in reasons, "the hijacked agent was not quarantined"):
+        _say(f"{_INDENT}quarantined: {agent.agent} ({reasons[agent.agent]}): it now speaks from")
+        _say(f"{_INDENT}segment quarantine on every node until an operator lifts it")
 
 
 def _rpc(method: str, rid: int, **params: Any) -> str:
@@ -1217,8 +1280,9 @@ async def run_demo(workdir: Path) -> int:
         first, txn1 = await step_flights(world)
         second = await step_second_hop(world, first, txn1)
         await step_billing(world)
-        await step_subagent(world)
+        root = await step_subagent(world)
         await step_mcp(world)
+        await step_hijack(world, root)
         await step_denials(world)
         await step_reload(world)
         await step_observability(world, first, second)

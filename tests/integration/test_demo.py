@@ -167,6 +167,20 @@ def test_mcp_tools_filtered_allowed_and_denied(demo: Run) -> None:
     assert "!! unexpected" not in step
 
 
+def test_hijack_caught_by_the_heartbeat(demo: Run) -> None:
+    match = re.search(r"^== 4d\. .*?(?=^== |\Z)", demo.stdout, re.M | re.S)
+    assert match is not None, demo.stdout
+    step = match.group(0)
+    assert "heartbeat: healthy (2 calls)" in step
+    assert "heartbeat: mismatch: the gateway saw 2 calls, the agent made 1" in step
+    assert re.search(r"^\s+<- 403 ", step, re.M), step
+    assert (
+        "quarantined: spiffe://example.org/agent/travel/itinerary (behavior:heartbeat_mismatch)"
+        in step
+    )
+    assert "!! unexpected" not in step
+
+
 def test_denials(demo: Run) -> None:
     step = demo.section(5)
     parts = dict(re.findall(r"^-- (.*?)\n(.*?)(?=^-- |\Z)", step, re.M | re.S))
