@@ -42,6 +42,9 @@ async def states(redis_server: RedisServer) -> AsyncIterator[list[RedisState]]:
         backend="redis",
         redis_url=Secret("env:REDIS_URL", redis_server.url.encode()),
         key_prefix=PREFIX,
+        # 50 concurrent calls queue for the pool's connections: atomicity is tested here,
+        # not latency, so a loaded machine must not turn a wait into StateUnavailable.
+        timeout_s=2,
     )
     two = [RedisState(settings), RedisState(settings)]  # two workers or nodes
     for state in two:
