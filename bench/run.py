@@ -785,6 +785,8 @@ MICRO: list[tuple[str, str, list[str], int]] = [
         ["--seconds", "0.5", "--runs", "5"],
         240,
     ),
+    ("heartbeat", "observed-action chain and heartbeat verification (issue 18)", [], 240),
+    ("drift", "baseline drift score per request (issue 18)", [], 240),
 ]
 
 
