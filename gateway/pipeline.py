@@ -139,6 +139,7 @@ class Trail:
     rpc: RPCCall | None = None
     resource_metadata: str | None = None  # JSON-RPC routes: the RFC 9728 metadata URL
     seq: int | None = None  # continuous_auth: the request's place in its agent's chain
+    quarantined: str | None = None  # the policy reason, when this request quarantined its agent
     tool: str | None = None
     status: int = 500
     reason: str = "internal_error"
@@ -194,6 +195,8 @@ class Trail:
         if self.rpc is not None:
             method, target = self.rpc.labels
             event["rpc"] = {"protocol": self.rpc.protocol, "method": method, "target": target}
+        if self.quarantined is not None and self.agent is not None:
+            event["quarantine"] = {"agent": self.agent, "reason": self.quarantined}
         return event
 
 
@@ -603,6 +606,7 @@ class Pipeline:
         if await self.state.revocations.quarantined(agent):
             return  # already there: the first decision's reason and expiry stand
         await self.continuous.quarantine(agent, why=decision.reason or "policy decision")
+        trail.quarantined = decision.reason or "policy decision"
         self.metrics.quarantined(trail.route)
         self.tracing.event("agentgate.quarantine", agent=agent, reason=decision.reason)
         log.warning("agent %s quarantined by decision %s (%s)",

@@ -46,6 +46,7 @@ Record schema, version 1: every key is always present, in this order; ``null`` w
 | `client_address` | string/null  | client address (after `forwarded.trusted_hops`)                |
 | `peer_address`   | string/null  | TCP peer address                                               |
 | `rpc`            | object       | `kind: mcp`/`a2a` only: `protocol`, `method`, `target`       |
+| `quarantine`     | object       | when the decision quarantined the agent: `agent`, `reason`   |
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class AuditInput(TypedDict, total=False):
     span_id: str
     agent: str
     rpc: Mapping[str, str | None]  # JSON-RPC routes: protocol, method, tool / skill
+    quarantine: Mapping[str, str]  # the request's decision quarantined its agent
     status: int
     reason: str
     latency_s: float
@@ -141,7 +143,8 @@ class AuditRecord:
         "peer_address",
     )
     # Present only on JSON-RPC routes (kind mcp / a2a): {"protocol", "method", "target"}.
-    OPTIONAL_FIELDS = ("rpc",)
+    # ``quarantine``: {"agent", "reason"} when this request's decision quarantined its agent.
+    OPTIONAL_FIELDS = ("rpc", "quarantine")
 
     @staticmethod
     def build(event: AuditInput | Mapping[str, Any]) -> dict[str, Any]:
@@ -192,9 +195,10 @@ class AuditRecord:
             "client_address": facts.client_address if facts is not None else None,
             "peer_address": facts.peer_address if facts is not None else None,
         }
-        rpc = event.get("rpc")
-        if rpc is not None:
-            record["rpc"] = dict(rpc)
+        for name in AuditRecord.OPTIONAL_FIELDS:
+            value = event.get(name)
+            if isinstance(value, Mapping):
+                record[name] = dict(value)
         return record
 
 

@@ -91,6 +91,12 @@ class World:
                 return str(entry["reason"])
         raise AssertionError(f"decision {decision_id} not logged")
 
+    def audit(self, request_id: str) -> dict[str, Any] | None:
+        path = self.decision_log.with_name("audit.log")
+        lines = path.read_text().splitlines() if path.exists() else []
+        records = (json.loads(line) for line in lines)
+        return next((r for r in records if r.get("request_id") == request_id), None)
+
     async def quarantines(self) -> dict[str, str]:
         """Quarantined agents and the reason recorded (the admin API's revocation list)."""
         host, port = self.nodes[1].admin_address or ("", 0)
@@ -119,6 +125,7 @@ class World:
             if recorder is not None:
                 recorder.observe("GET", resp.status, resp.headers)
             doc = json.loads(raw) if resp.content_type.endswith("json") else {}
+            doc.setdefault("request_id", resp.headers.get("X-Request-Id", ""))
             return resp.status, doc
 
     async def heartbeat(
@@ -204,7 +211,10 @@ async def world(
             "revocation_poll_s": 0.2,
         },
         "admin": {"token": "env:CA_ADMIN"},
-        "telemetry": {"audit_log": "off", "decision_log": str(tmp_path / "decisions.log")},
+        "telemetry": {
+            "audit_log": str(tmp_path / "audit.log"),
+            "decision_log": str(tmp_path / "decisions.log"),
+        },
         "routes": [
             {
                 "name": "heartbeat",
@@ -295,6 +305,14 @@ async def test_hijack_caught_quarantined_isolated_then_lifted(world: World) -> N
     assert status == 403, doc
     assert world.policy_reason(doc["decision_id"]) == "behavior:heartbeat_mismatch"
     assert (await world.quarantines()).get(agent.agent) == "behavior:heartbeat_mismatch"
+
+    async def audited() -> bool:
+        return world.audit(doc["request_id"]) is not None
+
+    await until(audited, 3.0)
+    record = world.audit(doc["request_id"])
+    assert record is not None
+    assert record["quarantine"] == {"agent": agent.agent, "reason": "behavior:heartbeat_mismatch"}
     quarantined_at = time.monotonic()
 
     async def isolated_on_b() -> bool:
