@@ -261,11 +261,20 @@ async def world(
     try:
         yield World(nodes, bases, upstream, http, root, tmp_path / "decisions.log")
     finally:
-        await http.close()
-        for node in nodes:
-            await node.stop()
-        await upstream.close()
+        # Each step bounded and named: a stop that never returns fails here, saying which,
+        # instead of holding the whole suite (seen once in CI after the stale test).
+        steps = [("client", http.close())]
+        steps += [(f"node {i}", node.stop()) for i, node in enumerate(nodes)]
+        steps.append(("upstream", upstream.close()))
+        stuck = []
+        for name, step in steps:
+            try:
+                async with asyncio.timeout(30):
+                    await step
+            except TimeoutError:
+                stuck.append(name)
         redis.stop()
+        assert not stuck, f"teardown did not finish: {stuck}"
 
 
 async def until(predicate: Any, limit_s: float) -> float:
