@@ -485,3 +485,23 @@ async def test_session_binding_expires(make_state: StateMaker) -> None:
     await state.sessions.claim("s", "alice", 0.2)
     await asyncio.sleep(0.35)
     assert await state.sessions.owned_by("s", "alice") is None
+
+
+async def test_close_returns_while_redis_is_frozen(
+    make_state: StateMaker, redis_server: RedisServer
+) -> None:
+    # The revocation poller is inside a Redis call when close() cancels it: close() must
+    # return. (A close that never returned once held a CI run; this does not reproduce that
+    # race, whose cause is unconfirmed, but pins the frozen-server case next to it.)
+    state = await make_state()
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(6):
+            await asyncio.sleep(0.1)  # across a poll (revocation_poll_s 0.5): a call is pending
+        async with asyncio.timeout(10):  # fail, not hang, if it does not return
+            await state.close()
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+    with pytest.raises(StateUnavailable):  # closed for good: no call reaches Redis
+        await state.revocations.revoke("subject", "alice", ttl_s=60)
