@@ -82,6 +82,7 @@ from gateway.observability.tracing import ServerSpan, Tracing
 from gateway.protocols.body import RequestBody
 from gateway.render import REQUEST_ID, error_response
 from gateway.routing import CompiledRoute, RouteTable
+from gateway.settings.routes import Route
 from gateway.settings.telemetry import TelemetrySettings
 from gateway.state import State
 from gateway.state.revocation import Revoked, identifiers
@@ -137,7 +138,7 @@ class Trail:
     span_id: str | None = None
     forwarded: bool = False
     rpc: RPCCall | None = None
-    resource_metadata: str | None = None  # JSON-RPC routes: the RFC 9728 metadata URL
+    jsonrpc_route: Route | None = None  # a kind mcp / a2a route: 401s name its metadata
     seq: int | None = None  # continuous_auth: the request's place in its agent's chain
     quarantined: str | None = None  # the policy reason, when this request quarantined its agent
     tool: str | None = None
@@ -311,7 +312,7 @@ class Pipeline:
         trail.route = route.name
         span.set_route(route.name, route.settings.match.path_prefix)
         if route.settings.jsonrpc is not None:
-            trail.resource_metadata = metadata_url(resource_for(route.settings, facts))
+            trail.jsonrpc_route = route.settings
         if not route.settings.websocket and is_websocket_upgrade(request):
             # SECURITY: an upgrade reaches only routes built for it (Envoy answers 403 too).
             raise Forbidden(
@@ -360,8 +361,9 @@ class Pipeline:
 
     def refuse(self, exc: GatewayError, trail: Trail) -> web.Response:
         trail.status, trail.reason = exc.status, exc.reason
-        if exc.status == 401 and trail.resource_metadata is not None:
-            exc.headers = self.resource_challenge(trail.resource_metadata, exc.headers)
+        if exc.status == 401 and trail.jsonrpc_route is not None and trail.facts is not None:
+            url = metadata_url(resource_for(trail.jsonrpc_route, trail.facts))
+            exc.headers = self.resource_challenge(url, exc.headers)
         if exc.detail:
             log.info("request %s refused: %s (%s)", trail.request_id, exc.reason, exc.detail)
         if exc.status == 429:

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from functools import partial
 from typing import Any, NamedTuple
 
 RECENT = 8  # calls in the short term (rate, deny and error ratios; excluded from the baseline)
@@ -427,12 +428,16 @@ class BaselineStore:
         max_agents: int = 10_000,
         max_keys: int = 64,
     ) -> None:
-        self.window_s = window_s
-        self.buckets = buckets
-        self.min_calls = min_calls
-        self.min_age_s = min_age_s
         self.max_agents = max_agents
-        self.max_keys = max_keys
+        # Every new profile is built with these (Profile's own keywords, passed through).
+        self._new_profile = partial(
+            Profile,
+            window_s=window_s,
+            buckets=buckets,
+            min_calls=min_calls,
+            min_age_s=min_age_s,
+            max_keys=max_keys,
+        )
         self._profiles: OrderedDict[str, Profile] = OrderedDict()
 
     def __len__(self) -> int:
@@ -454,14 +459,7 @@ class BaselineStore:
         profiles = self._profiles
         profile = profiles.get(agent)
         if profile is None:
-            profile = Profile(
-                now,
-                window_s=self.window_s,
-                buckets=self.buckets,
-                min_calls=self.min_calls,
-                min_age_s=self.min_age_s,
-                max_keys=self.max_keys,
-            )
+            profile = self._new_profile(now)
             profiles[agent] = profile
             # SECURITY: bounded; evicting forgets a baseline, which only makes it lenient.
             while len(profiles) > self.max_agents:

@@ -171,6 +171,16 @@ def check_audience(
 class JSONRPCStage:
     def __init__(self, sessions: SessionBindings) -> None:
         self._sessions = sessions
+        # Per route: the argument allowlists as frozensets, built on a route's first request
+        # (a reload builds a new stage, so a changed route is never served a stale one).
+        self._allowlists: dict[str, Mapping[str, frozenset[str]]] = {}
+
+    def _allowlist(self, settings: Route, section: JSONRPCRoute) -> Mapping[str, frozenset[str]]:
+        allow = self._allowlists.get(settings.name)
+        if allow is None:
+            allow = {tool: frozenset(keys) for tool, keys in section.arguments.items()}
+            self._allowlists[settings.name] = allow
+        return allow
 
     async def read(self, settings: Route, inbound: Inbound) -> RPCCall:
         section = settings.jsonrpc
@@ -188,7 +198,7 @@ class JSONRPCStage:
         body = await inbound.body.read()
         try:
             envelope = jsonrpc.parse(body, max_batch=section.max_batch)
-            return _call(protocol, envelope, section, session)
+            return _call(protocol, envelope, self._allowlist(settings, section), session)
         except jsonrpc.InvalidJSONRPC as exc:
             error = jsonrpc.error_object(exc.id, exc.code, exc.message)
             raise JSONRPCRefused(
@@ -243,9 +253,11 @@ def _session(inbound: Inbound) -> str | None:
 
 
 def _call(
-    protocol: Protocol, envelope: jsonrpc.Envelope, section: JSONRPCRoute, session: str | None
+    protocol: Protocol,
+    envelope: jsonrpc.Envelope,
+    allow: Mapping[str, frozenset[str]],
+    session: str | None,
 ) -> RPCCall:
-    allow = {tool: frozenset(keys) for tool, keys in section.arguments.items()}
     facts: list[dict[str, Any]] = []
     ids: list[jsonrpc.Id | None] = []
     listings: dict[jsonrpc.Id, str] = {}
