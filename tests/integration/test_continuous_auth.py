@@ -297,6 +297,24 @@ async def test_healthy_agent_across_both_nodes(world: World) -> None:
     assert (await world.call(agent, recorder=recorder))[0] == 200
 
 
+async def test_heartbeat_about_another_agent_is_refused(world: World) -> None:
+    agent = world.root.derive(f"{AGENT}/honest", ttl_s=600)
+    other = world.root.derive(f"{AGENT}/other", ttl_s=600)
+    recorder = ActionRecorder(other.agent)  # a body naming another agent ...
+    url = world.bases[0] + "/agents/heartbeat"
+    body = json.dumps(recorder.heartbeat()).encode()
+    headers = {**agent.sign("POST", url, body=body), "Content-Type": "application/json"}
+    async with world.http.post(url, data=body, headers=headers) as resp:  # ... signed by this one
+        assert resp.status == 403
+        assert (await resp.json())["reason"] == "heartbeat_agent_mismatch"
+    garbage = b'{"agent": 1}'
+    headers = {**agent.sign("POST", url, body=garbage), "Content-Type": "application/json"}
+    async with world.http.post(url, data=garbage, headers=headers) as resp:
+        assert resp.status == 400
+    async with world.http.post(url, data=body) as resp:  # unsigned
+        assert resp.status == 401
+
+
 async def test_hijack_caught_quarantined_isolated_then_lifted(world: World) -> None:
     agent = world.root.derive(f"{AGENT}/victim", ttl_s=600)
     recorder = ActionRecorder(agent_of(agent))

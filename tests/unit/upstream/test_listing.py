@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.errors import BadGateway
+from gateway.errors import BadGateway, ServiceUnavailable
 from gateway.protocols import a2a, sse
 from gateway.upstream.listing import AgentCardResponse, MCPResponse
 from gateway.upstream.rewrite import RewriteFailed
@@ -157,3 +157,23 @@ async def test_agent_card_that_is_not_json_is_refused() -> None:
     await rewrite.head(200, JSON)
     with pytest.raises(BadGateway):
         await rewrite.body(b"[1, 2]")
+
+
+class DownPolicy:
+    """The PDP behind the filter is unreachable (the pipeline's callable raises)."""
+
+    async def __call__(self, names: Sequence[str]) -> list[str]:
+        raise ServiceUnavailable("pdp down", reason="pdp_unavailable")
+
+
+async def test_pdp_failure_never_passes_a_listing_unfiltered() -> None:
+    # JSON: the error propagates before the head is sent (answered as a 503).
+    rewrite = MCPResponse({1: "tools/list"}, DownPolicy(), on_session=None, max_bytes=1 << 20)
+    await rewrite.head(200, JSON)
+    with pytest.raises(ServiceUnavailable):
+        await rewrite.body(json.dumps(listing()).encode())
+    # SSE: the error leaves feed(); the forwarder turns it into a cut stream, never the event.
+    stream = MCPResponse({1: "tools/list"}, DownPolicy(), on_session=None, max_bytes=1 << 20)
+    await stream.head(200, SSE)
+    with pytest.raises(ServiceUnavailable):
+        await stream.feed(sse.render(json.dumps(listing()), "message"))
